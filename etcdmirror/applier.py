@@ -1,0 +1,203 @@
+"""Applies one source event to the destination, the way the source applied it.
+
+Each etcd v2 action is replayed with the same kind of request (a ``create``
+stays a create with ``prevExist=false``, a ``compareAndSwap`` compares against
+the event's ``prevNode``), so that a destination written behind our back shows
+up as a failed condition instead of being silently overwritten.
+
+A failed condition is not automatically an error: the index is persisted after
+the event, so after a crash we may apply an event a second time.  When the
+destination already holds exactly what the event leaves behind, the event was
+applied before and that is fine (:data:`REPLAYED`).  Anything else is
+:class:`Divergence`.
+"""
+
+from typing import Any, Optional
+
+import etcd
+from twisted.internet import defer
+
+from etcdmirror.client import Answer, EtcdClient
+from etcdmirror.keys import KeyMapper
+
+APPLIED = "applied"
+REPLAYED = "replayed"
+IGNORED = "ignored"
+
+WRITE_ACTIONS = ("set", "create", "update", "compareAndSwap")
+DELETE_ACTIONS = ("delete", "compareAndDelete", "expire")
+ACTIONS = WRITE_ACTIONS + DELETE_ACTIONS
+
+
+class ApplyError(Exception):
+    """An event that cannot be applied; the mirror must stop or resync."""
+
+    def __init__(self, message: str, event: Any = None) -> None:
+        super().__init__(message)
+        self.event = event
+
+
+class UnknownAction(ApplyError):
+    """The source sent an action this mirror does not know how to replay."""
+
+
+class Divergence(ApplyError):
+    """The destination holds something the source never had at this point."""
+
+
+def describe(event: Any) -> str:
+    """One line naming the event, for logs and errors."""
+    kind = "dir" if event.dir else "key"
+    return f"{event.action} of {kind} {event.key!r} at index {event.modifiedIndex}"
+
+
+def _ttl(node: Any) -> Optional[int]:
+    ttl = getattr(node, "ttl", None)
+    return int(ttl) if ttl is not None else None
+
+
+class EventApplier:
+    """Replays source events on the destination through an :class:`EtcdClient`."""
+
+    def __init__(self, destination: EtcdClient, mapper: KeyMapper) -> None:
+        self.destination = destination
+        self.mapper = mapper
+
+    def apply(self, event: Any) -> defer.Deferred:
+        """Apply ``event``; fires with APPLIED, REPLAYED or IGNORED.
+
+        Transient errors (:func:`etcdmirror.client.is_transient`) propagate
+        unchanged so the caller can retry the same event.
+        """
+        if self.mapper.ignored(event.key):
+            return defer.succeed(IGNORED)
+        action = event.action
+        if action not in ACTIONS:
+            return defer.fail(UnknownAction(
+                f"unknown action {action!r} in event {event.key!r} at index "
+                f"{event.modifiedIndex}: refusing to skip it; event: {vars(event)!r}",
+                event,
+            ))
+        key = self.mapper.to_dst(event.key)
+        d = getattr(self, "_" + action)(event, key)
+        d.addCallback(lambda _: APPLIED)
+        return d
+
+    # -- writes ------------------------------------------------------------
+
+    def _set(self, event: Any, key: str) -> defer.Deferred:
+        if not event.dir:
+            d = self.destination.put(key, event.value, ttl=_ttl(event))
+            d.addErrback(self._check_replay, event, key, etcd.EtcdNotFile)
+            return d
+        d = self.destination.put(key, dir=True, ttl=_ttl(event))
+        # Setting a dir that exists is "Not a file" in etcd v2: on a replay the
+        # dir is already there, so only its TTL may need refreshing.
+        d.addErrback(self._refresh_existing_dir, event, key)
+        return d
+
+    def _create(self, event: Any, key: str) -> defer.Deferred:
+        d = self.destination.put(
+            key, event.value, dir=bool(event.dir), ttl=_ttl(event), prev_exist=False
+        )
+        d.addErrback(self._check_replay, event, key, etcd.EtcdAlreadyExist)
+        return d
+
+    def _update(self, event: Any, key: str) -> defer.Deferred:
+        d = self.destination.put(
+            key, event.value, dir=bool(event.dir), ttl=_ttl(event), prev_exist=True
+        )
+        d.addErrback(self._check_replay, event, key, etcd.EtcdKeyNotFound, etcd.EtcdNotFile)
+        return d
+
+    def _compareAndSwap(self, event: Any, key: str) -> defer.Deferred:
+        prev = getattr(event, "_prev_node", None)
+        if prev is None or prev.value is None:
+            return defer.fail(ApplyError(
+                f"{describe(event)} has no prevNode value to compare against", event
+            ))
+        d = self.destination.put(key, event.value, ttl=_ttl(event), prev_value=prev.value)
+        d.addErrback(
+            self._check_replay, event, key, etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound
+        )
+        return d
+
+    # -- deletes -----------------------------------------------------------
+
+    def _delete(self, event: Any, key: str) -> defer.Deferred:
+        d = self.destination.delete(key, recursive=bool(event.dir), dir=bool(event.dir))
+        d.addErrback(self._already_gone)
+        return d
+
+    _expire = _delete
+
+    def _compareAndDelete(self, event: Any, key: str) -> defer.Deferred:
+        prev = getattr(event, "_prev_node", None)
+        if prev is None or prev.value is None:
+            return defer.fail(ApplyError(
+                f"{describe(event)} has no prevNode value to compare against", event
+            ))
+        d = self.destination.delete(key, prev_value=prev.value)
+        d.addErrback(self._already_gone)
+        d.addErrback(self._check_replay, event, key, etcd.EtcdCompareFailed)
+        return d
+
+    # -- replay checks -----------------------------------------------------
+
+    @staticmethod
+    def _already_gone(failure: Any) -> Optional[Answer]:
+        """A delete of a key that is not there has its effect already."""
+        failure.trap(etcd.EtcdKeyNotFound)
+        return None
+
+    def _refresh_existing_dir(self, failure: Any, event: Any, key: str) -> defer.Deferred:
+        failure.trap(etcd.EtcdNotFile)
+        d = self.destination.put(key, dir=True, ttl=_ttl(event), prev_exist=True)
+        d.addErrback(self._check_replay, event, key, etcd.EtcdKeyNotFound, etcd.EtcdNotFile)
+        return d
+
+    @defer.inlineCallbacks
+    def _check_replay(self, failure: Any, event: Any, key: str, *expected: type):
+        """After a failed condition: was the event applied already?"""
+        failure.trap(*expected)
+        found = yield self._current(key)
+        if _matches(found, event):
+            return None
+        raise Divergence(
+            f"{describe(event)} failed on the destination key {key!r} "
+            f"({failure.getErrorMessage()}); expected "
+            f"{_show_expected(event)}, found {_show(found)}. The destination "
+            "was changed by something other than this mirror.",
+            event,
+        )
+
+    @defer.inlineCallbacks
+    def _current(self, key: str):
+        try:
+            answer = yield self.destination.get(key)
+        except etcd.EtcdKeyNotFound:
+            return None
+        return answer.result
+
+
+def _matches(found: Any, event: Any) -> bool:
+    """True when the destination node already is what ``event`` leaves behind."""
+    if event.action in DELETE_ACTIONS:
+        return found is None
+    if found is None or bool(found.dir) != bool(event.dir):
+        return False
+    return bool(event.dir) or found.value == event.value
+
+
+def _show(node: Any) -> str:
+    if node is None:
+        return "no key"
+    if node.dir:
+        return "a directory"
+    return f"value {node.value!r}"
+
+
+def _show_expected(event: Any) -> str:
+    if event.action in DELETE_ACTIONS:
+        return "no key"
+    return "a directory" if event.dir else f"value {event.value!r}"

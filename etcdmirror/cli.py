@@ -1,0 +1,165 @@
+"""The ``etcd-mirror`` command line, compatible with etcd-mirror 0.0.12.
+
+Everything the operator typed is validated here, before any connection, so a
+typo is a usage error (exit 2) naming the flag rather than a daemon that
+starts and dies.  Exit statuses: 0 clean stop, 1 needs an operator (systemd:
+``RestartPreventExitStatus=1``), 2 usage error, anything else a crash.
+"""
+
+import logging
+import re
+import signal
+import sys
+from typing import Any, List, Optional
+
+import click
+
+from etcdmirror import __version__
+from etcdmirror.endpoints import Cluster, EndpointError, parse_cluster
+from etcdmirror.keys import KeyMapper, PrefixError, compile_ignore, normalize_prefix
+
+log = logging.getLogger("etcdmirror")
+
+#: How long a stop may wait for the request in hand before giving up on it.
+STOP_GRACE_SECONDS = 4.0
+
+
+def _prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        normalize_prefix(value)
+    except PrefixError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def _regex(ctx: click.Context, param: click.Parameter, value: Optional[str]):
+    try:
+        return compile_ignore(value)
+    except re.error as e:
+        raise click.BadParameter(f"invalid regular expression {value!r}: {e}") from None
+
+
+def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
+    try:
+        return parse_cluster(value)
+    except EndpointError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Allows replicating a specific prefix in one etcd cluster to a different "
+    "prefix on another cluster. SRC and DST are full URLs (http:// or https://, "
+    "optionally user:password@host:port), or comma-separated lists of the "
+    "endpoints of one cluster.",
+)
+@click.option("-d", "--debug", is_flag=True, help="Show debug output: one line per event.")
+@click.option(
+    "--reload", is_flag=True,
+    help="Bring the destination to a consistent snapshot of the source (only the "
+    "differences are written), then replicate from the snapshot's index.")
+@click.option("--strip", is_flag=True, help="Strip the source prefix from the keys.")
+@click.option("--src-prefix", default="/", show_default=True, callback=_prefix,
+              help="Prefix to replicate from the source.")
+@click.option("--dst-prefix", default="/replica", show_default=True, callback=_prefix,
+              help="Prefix to replicate to on the destination.")
+@click.option("--src-ignore-keys-regex", "ignore", default=None, metavar="REGEX",
+              callback=_regex,
+              help="Do not replicate source keys that fully match REGEX (the index "
+              "still advances; the destination keys are never touched).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the HTTP interface (/lag, /metrics, /status, /healthz).")
+@click.option("--no-auto-resync", is_flag=True,
+              help="When the source's event history no longer holds our index, exit 1 "
+              "instead of resynchronising from a snapshot.")
+@click.option("--watch-idle-timeout", default=5.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(0.1, 600),
+              help="Re-register a watch that saw no event for this long, to learn the "
+              "source's current index.")
+@click.version_option(__version__, "--version", message="%(version)s")
+@click.argument("src", metavar="SRC", callback=_cluster)
+@click.argument("dst", metavar="DST", callback=_cluster)
+def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: str,
+         ignore: Any, port: int, no_auto_resync: bool, watch_idle_timeout: float,
+         src: Cluster, dst: Cluster) -> None:
+    """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
+    setup_logging(debug)
+    mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
+    from etcdmirror.controller import Options
+    options = Options(reload=reload, auto_resync=not no_auto_resync,
+                      watch_idle_timeout=watch_idle_timeout)
+    sys.exit(run(src, dst, mapper, dst_prefix, port, options))
+
+
+def setup_logging(debug: bool) -> None:
+    from twisted.logger import (
+        FilteringLogObserver, LogLevel, LogLevelFilterPredicate, STDLibLogObserver,
+        globalLogBeginner)
+
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Twisted's own chatter ("Starting factory ...") is noise; its warnings and
+    # unhandled errors are not.
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(STDLibLogObserver(), [predicate])],
+        redirectStandardIO=False, discardBuffer=True)
+
+
+def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port: int,
+        options: Any) -> int:
+    """Wire the mirror together on the global reactor and run it; returns the exit code."""
+    from prometheus_client import CollectorRegistry
+    from twisted.internet import reactor
+    from twisted.internet.error import CannotListenError
+
+    from etcdmirror.client import EtcdClient, make_pool
+    from etcdmirror.controller import ReplicationController
+    from etcdmirror.metrics import Metrics
+    from etcdmirror.status import MirrorStatus
+    from etcdmirror.web import make_site
+
+    status = MirrorStatus(source=src.display, destination=dst.display,
+                          src_prefix=mapper.src_prefix, dst_prefix=mapper.dst_prefix,
+                          index_key=mapper.index_key, version=__version__)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
+    source = EtcdClient(src, reactor, make_pool(reactor), name="source")
+    destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination")
+    controller = ReplicationController(source, destination, mapper, status, metrics,
+                                       reactor, options)
+    try:
+        listening = reactor.listenTCP(port, make_site(status, registry))
+    except CannotListenError as e:
+        log.critical("cannot serve the HTTP interface on port %d: %s", port, e.socketError)
+        return 1
+    log.info("etcd-mirror %s: %s%s -> %s%s; HTTP interface on port %d", __version__,
+             src.display, mapper.src_prefix, dst.display, mapper.dst_root,
+             listening.getHost().port)
+
+    exit_code: List[int] = []
+
+    def finished(code: int) -> None:
+        exit_code.append(code)
+        if reactor.running:
+            reactor.stop()
+
+    def shutdown(signum: int) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        controller.stop()
+        # Never hang on a request in hand: what was not acknowledged is
+        # simply replayed at the next start.
+        reactor.callLater(STOP_GRACE_SECONDS, finished, 0)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(shutdown, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    reactor.callWhenRunning(lambda: controller.run().addBoth(finished))
+    reactor.run(installSignalHandlers=False)
+    return exit_code[0] if exit_code else 0

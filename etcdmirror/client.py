@@ -1,0 +1,409 @@
+"""A thin, non-blocking etcd v2 client on treq.
+
+Only what the mirror needs: read a node (optionally recursive and through
+consensus), write one, delete one, and watch a prefix.  Answers are
+python-etcd's :class:`etcd.EtcdResult` objects and errors are python-etcd's
+exception types (``errorCode`` -> exception), so the rest of the mirror speaks
+the same vocabulary as every other etcd tool in Python.  What python-etcd does
+not have, we add as types here: :class:`EtcdUnavailable` for anything worth
+retrying and :class:`BadResponse` for an answer that is not etcd's.
+
+Two things are deliberate:
+
+* every exception message names the request (method, key, endpoint) and never
+  the credentials;
+* a watch returns as soon as its body completes *or* after ``idle_timeout``
+  seconds, in which case it reports the ``X-Etcd-Index`` that etcd sent with
+  the response headers when it registered the watch.  No event under the
+  prefix exists between ``waitIndex`` and that index, which is what keeps a
+  quiet prefix inside etcd's 1000-event history.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Union
+from urllib.parse import quote, urlencode
+
+import etcd
+import treq
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from etcdmirror.endpoints import Cluster, Endpoint
+
+#: Largest response body we accept (etcd's own request limit is 1.5 MiB per
+#: value; a recursive snapshot of a big prefix is larger, so be generous).
+MAX_BODY = 512 * 1024 * 1024
+
+#: errorCodes that mean "try again", not "you asked for something wrong".
+TRANSIENT_ERROR_CODES = {300, 301, 400}
+
+
+class EtcdUnavailable(etcd.EtcdConnectionFailed):
+    """The request did not get an answer we can act on; it is worth retrying."""
+
+
+class BadResponse(EtcdUnavailable):
+    """Something answered, but not with an etcd v2 response (proxy page, junk)."""
+
+
+@dataclass
+class Answer:
+    """A successful etcd answer: the node(s) and the indexes from the headers."""
+
+    result: etcd.EtcdResult
+    etcd_index: int
+    cluster_id: Optional[str]
+
+
+@dataclass
+class WatchProgress:
+    """A watch that stayed pending: nothing under the key in ``[waitIndex, etcd_index]``."""
+
+    etcd_index: int
+    cluster_id: Optional[str]
+
+
+WatchOutcome = Union[Answer, WatchProgress]
+
+
+def is_transient(failure: Union[Failure, BaseException]) -> bool:
+    """True when the error is worth retrying with backoff."""
+    exc = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(exc, (EtcdUnavailable, etcd.EtcdLeaderElectionInProgress,
+                        etcd.EtcdWatcherCleared)):
+        return True
+    payload = getattr(exc, "payload", None)
+    return isinstance(payload, dict) and payload.get("errorCode") in TRANSIENT_ERROR_CODES
+
+
+def error_code(exc: BaseException) -> Optional[int]:
+    payload = getattr(exc, "payload", None)
+    return payload.get("errorCode") if isinstance(payload, dict) else None
+
+
+def make_pool(reactor: Any, max_per_host: int = 8) -> HTTPConnectionPool:
+    """A persistent connection pool; treq's default keeps only 2 per host."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_per_host
+    pool.retryAutomatically = False
+    return pool
+
+
+class _Collector(Protocol):
+    """Collects a response body, with a size cap and an optional deadline."""
+
+    def __init__(self, finished: defer.Deferred, limit: int) -> None:
+        self.finished = finished
+        self.limit = limit
+        self.parts: List[bytes] = []
+        self.size = 0
+        self.aborted_by: Optional[str] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            self.abort("body too large")
+            return
+        self.parts.append(data)
+
+    def abort(self, why: str) -> None:
+        if self.aborted_by is None:
+            self.aborted_by = why
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:
+        if self.finished.called:
+            return
+        if self.aborted_by is not None:
+            self.finished.errback(_Aborted(self.aborted_by))
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+class _Aborted(Exception):
+    """We stopped reading a body on purpose (idle watch or oversized body)."""
+
+
+class EtcdClient:
+    """Talks to one etcd v2 cluster over HTTP(S), moving between its endpoints."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        reactor: IReactorTime,
+        pool: Optional[HTTPConnectionPool] = None,
+        timeout: float = 10.0,
+        name: str = "etcd",
+    ) -> None:
+        self.cluster = cluster
+        self.reactor = reactor
+        self.timeout = timeout
+        self.name = name
+        self._endpoint_no = 0
+        self._pool = pool if pool is not None else make_pool(reactor)
+        self._http = treq.client.HTTPClient(
+            Agent(reactor, pool=self._pool, connectTimeout=timeout)
+        )
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.cluster.endpoints[self._endpoint_no]
+
+    def next_endpoint(self) -> None:
+        """Move to the next endpoint of the cluster (after a transport failure)."""
+        self._endpoint_no = (self._endpoint_no + 1) % len(self.cluster.endpoints)
+
+    def close(self) -> defer.Deferred:
+        return self._pool.closeCachedConnections()
+
+    # -- requests -----------------------------------------------------------
+
+    def get(self, key: str, recursive: bool = False, quorum: bool = False) -> defer.Deferred:
+        """GET a node; fires with :class:`Answer`."""
+        params = []
+        if recursive:
+            params.append(("recursive", "true"))
+        if quorum:
+            params.append(("quorum", "true"))
+        return self._request("GET", key, params)
+
+    def put(
+        self,
+        key: str,
+        value: Optional[str] = None,
+        *,
+        dir: bool = False,
+        ttl: Optional[int] = None,
+        clear_ttl: bool = False,
+        prev_exist: Optional[bool] = None,
+        prev_value: Optional[str] = None,
+    ) -> defer.Deferred:
+        """PUT a node (set/create/update/compareAndSwap); fires with :class:`Answer`."""
+        body: List[Tuple[str, str]] = []
+        if dir:
+            body.append(("dir", "true"))
+        else:
+            body.append(("value", value if value is not None else ""))
+        if ttl is not None:
+            body.append(("ttl", str(max(int(ttl), 1))))
+        elif clear_ttl:
+            body.append(("ttl", ""))
+        if prev_exist is not None:
+            body.append(("prevExist", "true" if prev_exist else "false"))
+        if prev_value is not None:
+            body.append(("prevValue", prev_value))
+        return self._request("PUT", key, [], body)
+
+    def delete(
+        self,
+        key: str,
+        *,
+        recursive: bool = False,
+        dir: bool = False,
+        prev_value: Optional[str] = None,
+    ) -> defer.Deferred:
+        """DELETE a node (delete/compareAndDelete); fires with :class:`Answer`."""
+        params = []
+        if dir:
+            params.append(("dir", "true"))
+        if recursive:
+            params.append(("recursive", "true"))
+        if prev_value is not None:
+            params.append(("prevValue", prev_value))
+        return self._request("DELETE", key, params)
+
+    def watch(self, key: str, wait_index: int, idle_timeout: float) -> defer.Deferred:
+        """Recursive watch on ``key`` from ``wait_index``.
+
+        Fires with an :class:`Answer` holding the first event under ``key``
+        whose index is ``>= wait_index``, or with :class:`WatchProgress` when
+        none came within ``idle_timeout`` seconds.
+        """
+        params = [("wait", "true"), ("recursive", "true"), ("waitIndex", str(wait_index))]
+        return self._request("GET", key, params, idle_timeout=idle_timeout)
+
+    # -- plumbing -----------------------------------------------------------
+
+    def url_for(self, key: str) -> str:
+        return self.endpoint.url + "/v2/keys" + quote(key, safe="/")
+
+    def _describe(self, method: str, key: str, endpoint: Endpoint) -> str:
+        return f"{method} {key!r} on {self.name} {endpoint.url}"
+
+    def _request(
+        self,
+        method: str,
+        key: str,
+        params: List[Tuple[str, str]],
+        body: Optional[List[Tuple[str, str]]] = None,
+        idle_timeout: Optional[float] = None,
+    ) -> defer.Deferred:
+        endpoint = self.endpoint
+        what = self._describe(method, key, endpoint)
+        url = self.url_for(key)
+        if params:
+            url += "?" + urlencode(params)
+        headers = {b"Accept": [b"application/json"]}
+        data = None
+        if body is not None:
+            data = urlencode(body).encode("ascii")
+            headers[b"Content-Type"] = [b"application/x-www-form-urlencoded"]
+        d = self._http.request(
+            method,
+            url,
+            data=data,
+            headers=headers,
+            auth=self.cluster.auth,
+            timeout=self.timeout,
+            unbuffered=True,
+            allow_redirects=False,
+            reactor=self.reactor,
+        )
+        d.addCallbacks(
+            self._read_response,
+            self._transport_failed,
+            callbackArgs=(what, idle_timeout),
+            errbackArgs=(what,),
+        )
+        return d
+
+    def _transport_failed(self, failure: Failure, what: str) -> Failure:
+        self.next_endpoint()
+        cause = failure.value
+        if failure.check(defer.CancelledError):
+            reason = f"no answer within {self.timeout:g}s"
+        else:
+            reason = _describe_exception(cause)
+        raise EtcdUnavailable(f"{what}: {reason}", cause=cause)
+
+    def _read_response(self, response: Any, what: str, idle_timeout: Optional[float]):
+        etcd_index = _header_int(response, b"x-etcd-index")
+        cluster_id = _header(response, b"x-etcd-cluster-id")
+        finished: defer.Deferred = defer.Deferred(lambda _: collector.abort("cancelled"))
+        collector = _Collector(finished, MAX_BODY)
+        response.deliverBody(collector)
+        timer = None
+        if idle_timeout is not None and response.code == 200:
+            timer = self.reactor.callLater(idle_timeout, collector.abort, "idle")
+
+        def done(result):
+            if timer is not None and timer.active():
+                timer.cancel()
+            return result
+
+        def body_failed(failure: Failure):
+            if failure.check(defer.CancelledError):
+                return failure
+            if failure.check(_Aborted) and collector.aborted_by == "idle":
+                if etcd_index is None:
+                    raise BadResponse(f"{what}: pending watch without X-Etcd-Index header")
+                return WatchProgress(etcd_index, cluster_id)
+            if failure.check(_Aborted):
+                raise BadResponse(f"{what}: {collector.aborted_by}")
+            self.next_endpoint()
+            raise EtcdUnavailable(
+                f"{what}: connection lost while reading the answer: "
+                f"{_describe_exception(failure.value)}",
+                cause=failure.value,
+            )
+
+        finished.addBoth(done)
+        finished.addCallbacks(
+            self._parse, body_failed, callbackArgs=(response.code, etcd_index, cluster_id, what)
+        )
+        return finished
+
+    def _parse(
+        self, body: bytes, code: int, etcd_index: Optional[int], cluster_id: Optional[str], what: str
+    ) -> Answer:
+        payload = _decode(body)
+        if code >= 400 or payload is None or "errorCode" in payload:
+            self._raise_error(code, payload, body, etcd_index, what)
+        if payload is None or not isinstance(payload.get("node"), dict) or "action" not in payload:
+            raise BadResponse(f"{what}: HTTP {code} without an etcd node: {_excerpt(body)}")
+        if etcd_index is None:
+            raise BadResponse(f"{what}: answer without X-Etcd-Index header")
+        try:
+            result = etcd.EtcdResult(
+                action=payload["action"], node=payload["node"], prevNode=payload.get("prevNode")
+            )
+        except (TypeError, KeyError, AttributeError) as e:
+            raise BadResponse(f"{what}: malformed node: {e}") from None
+        result.etcd_index = etcd_index
+        return Answer(result, etcd_index, cluster_id)
+
+    def _raise_error(
+        self,
+        code: int,
+        payload: Optional[Dict[str, Any]],
+        body: bytes,
+        etcd_index: Optional[int],
+        what: str,
+    ) -> None:
+        if code in (401, 403):
+            exc: etcd.EtcdException = etcd.EtcdInsufficientPermissions(
+                f"{what}: permission denied (HTTP {code}); check the credentials", payload
+            )
+        elif payload is not None and isinstance(payload.get("errorCode"), int):
+            try:
+                etcd.EtcdError.handle(payload)
+            except etcd.EtcdException as e:
+                exc = e
+            exc.args = (f"{what}: {exc.args[0] if exc.args else ''}",)
+        else:
+            exc = (EtcdUnavailable if code >= 500 else BadResponse)(
+                f"{what}: HTTP {code}: {_excerpt(body)}"
+            )
+        exc.etcd_index = etcd_index
+        if is_transient(exc):
+            # This member cannot serve us right now; another one may.
+            self.next_endpoint()
+        raise exc
+
+
+def _decode(body: bytes) -> Optional[Dict[str, Any]]:
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _excerpt(body: bytes, limit: int = 200) -> str:
+    text = body[:limit].decode("utf-8", "replace").replace("\n", " ")
+    if not text:
+        return "(empty body)"
+    return repr(text) + ("..." if len(body) > limit else "")
+
+
+def _header(response: Any, name: bytes) -> Optional[str]:
+    values = response.headers.getRawHeaders(name)
+    if not values:
+        return None
+    return values[0].decode("latin-1") if isinstance(values[0], bytes) else values[0]
+
+
+def _header_int(response: Any, name: bytes) -> Optional[int]:
+    value = _header(response, name)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """A one-line cause: Twisted wraps the real reason in lists of Failures."""
+    reasons = getattr(exc, "reasons", None)
+    if reasons:
+        inner = "; ".join(_describe_exception(r.value) for r in reasons)
+        return f"{type(exc).__name__}({inner})"
+    text = str(exc) or type(exc).__name__
+    return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"

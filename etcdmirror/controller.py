@@ -1,0 +1,334 @@
+"""The replication controller: watch, apply in order, persist the index.
+
+Data flows one way: the source watch yields events in index order, the
+:class:`~etcdmirror.applier.EventApplier` replays each on the destination, and
+only then is the index advanced and persisted.  The persisted index is
+therefore never ahead of what was applied; after a crash some events may be
+applied twice, which the applier recognises as replays.
+
+Every transient fault (connection refused or reset, timeouts, 5xx, an etcd
+restart on either side) is retried with capped, jittered backoff, resuming at
+the same event.  Everything else that stops replication is a
+:class:`MirrorFatal`: logged with the key, the index and the cause, and turned
+into exit status 1 so that systemd does not restart into the same wall.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import etcd
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+
+from etcdmirror import status as st
+from etcdmirror.applier import APPLIED, IGNORED, ApplyError, EventApplier, describe
+from etcdmirror.backoff import Backoff
+from etcdmirror.client import EtcdClient, WatchProgress, is_transient
+from etcdmirror.keys import KeyMapper
+from etcdmirror.metrics import Metrics
+from etcdmirror.resync import resync
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_OPERATOR = 1
+EXIT_CRASH = 70
+
+
+class MirrorFatal(Exception):
+    """Replication cannot go on without an operator; exit status 1."""
+
+
+class _Stopping(Exception):
+    """Raised inside the loop once a stop was requested."""
+
+
+@dataclass
+class Options:
+    reload: bool = False
+    #: Re-register a watch that saw nothing for this long (seconds), to learn
+    #: the source's X-Etcd-Index and keep the index inside etcd's history.
+    watch_idle_timeout: float = 5.0
+    #: Persist index progress learnt from idle watches at most this often.
+    progress_persist_interval: float = 10.0
+    #: On a cleared watch index: resync by ourselves (True) or exit 1 (False).
+    auto_resync: bool = True
+
+
+class ReplicationController:
+    """Runs one mirror from start (or reload) until stop or a fatal error."""
+
+    def __init__(
+        self,
+        source: EtcdClient,
+        destination: EtcdClient,
+        mapper: KeyMapper,
+        status: st.MirrorStatus,
+        metrics: Metrics,
+        clock: IReactorTime,
+        options: Optional[Options] = None,
+        backoff_factory: Callable[[], Backoff] = Backoff,
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.mapper = mapper
+        self.applier = EventApplier(destination, mapper)
+        self.status = status
+        self.metrics = metrics
+        self.clock = clock
+        self.options = options or Options()
+        self.backoff_factory = backoff_factory
+        self.index = 0
+        self.persisted_index: Optional[int] = None
+        self._last_persist = 0.0
+        self._running = True
+        self._interruptible: Optional[defer.Deferred] = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def run(self):
+        """Replicate until stopped; fires with the process exit status."""
+        try:
+            if self.options.reload:
+                yield self._resync("reload")
+            self.index = yield self._load_index()
+            yield self._replicate()
+        except _Stopping:
+            pass
+        except MirrorFatal as e:
+            self.status.state = st.FAILED
+            self.status.error(str(e))
+            log.critical("%s", e)
+            return EXIT_OPERATOR
+        except Exception as e:  # a bug: say so loudly, let systemd restart us
+            self.status.state = st.FAILED
+            self.status.error(f"internal error: {e!r}")
+            log.critical("internal error, stopping (last applied index %d)", self.index,
+                         exc_info=True)
+            return EXIT_CRASH
+        yield self._persist_quietly()
+        self.status.state = st.STOPPED
+        log.info("stopped; last applied index %d", self.index)
+        return EXIT_OK
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the event in hand; interrupts waits."""
+        if not self._running:
+            return
+        log.info("stop requested")
+        self._running = False
+        self.status.state = st.STOPPING
+        if self._interruptible is not None:
+            self._interruptible.cancel()
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise _Stopping()
+
+    @defer.inlineCallbacks
+    def _interruptibly(self, d: defer.Deferred):
+        """Wait for ``d``, but let :meth:`stop` cancel it."""
+        self._interruptible = d
+        try:
+            result = yield d
+        except defer.CancelledError:
+            self._check_running()
+            raise
+        finally:
+            self._interruptible = None
+        return result
+
+    # -- index ---------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _load_index(self):
+        key = self.mapper.index_key
+        log.info("Current index read from %s", key)
+        try:
+            answer = yield self._retrying(
+                f"reading the replication index {key!r}", "destination",
+                lambda: self.destination.get(key))
+        except etcd.EtcdKeyNotFound:
+            raise MirrorFatal(
+                f"The replication key {key} could not be found on the destination "
+                f"{self.destination.cluster.display}. Restart with --reload!"
+            ) from None
+        value = answer.result.value
+        try:
+            index = int(value)
+        except (TypeError, ValueError):
+            raise MirrorFatal(
+                f"The replication key {key} holds {value!r}, not an etcd index. "
+                "Restart with --reload!"
+            ) from None
+        self.persisted_index = index
+        self._last_persist = self.clock.seconds()
+        return index
+
+    @defer.inlineCallbacks
+    def _persist(self, index: int):
+        key = self.mapper.index_key
+        yield self._retrying(
+            f"writing the replication index {index} to {key!r}", "destination",
+            lambda: self.destination.put(key, str(index)))
+        self.persisted_index = index
+        self._last_persist = self.clock.seconds()
+
+    @defer.inlineCallbacks
+    def _persist_quietly(self):
+        """On the way out: persist progress if there is any, never raise."""
+        if self.persisted_index is None or self.index <= self.persisted_index:
+            return
+        try:
+            yield self.destination.put(self.mapper.index_key, str(self.index))
+            self.persisted_index = self.index
+        except Exception as e:
+            log.warning("could not persist index %d on the way out: %s", self.index, e)
+
+    # -- the loop ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _replicate(self):
+        self.status.replica_index = self.index
+        self.status.state = st.REPLICATING
+        log.info("Starting replication at %s", self.index)
+        while True:
+            self._check_running()
+            try:
+                outcome = yield self._retrying(
+                    f"watching {self.mapper.src_prefix!r} from index {self.index + 1}",
+                    "source",
+                    lambda: self.source.watch(
+                        self.mapper.src_prefix, self.index + 1,
+                        self.options.watch_idle_timeout),
+                )
+            except etcd.EtcdEventIndexCleared as e:
+                yield self._index_cleared(e)
+                continue
+            if isinstance(outcome, WatchProgress):
+                yield self._progress(outcome.etcd_index)
+                continue
+            event = outcome.result
+            self.status.saw_source_index(max(outcome.etcd_index, event.modifiedIndex))
+            if event.modifiedIndex <= self.index:
+                log.warning("ignoring stale delivery of %s: index %d is already applied",
+                            describe(event), self.index)
+                continue
+            yield self._apply(event)
+
+    @defer.inlineCallbacks
+    def _progress(self, etcd_index: int):
+        """An idle watch: nothing under the prefix up to ``etcd_index``."""
+        self.status.saw_source_index(etcd_index)
+        if etcd_index > self.index:
+            self.index = etcd_index
+            self.status.replica_index = etcd_index
+        due = self.clock.seconds() - self._last_persist >= self.options.progress_persist_interval
+        if due and self.persisted_index is not None and self.index > self.persisted_index:
+            yield self._persist(self.index)
+
+    @defer.inlineCallbacks
+    def _apply(self, event: Any):
+        log.debug("event %s", describe(event))
+        started = time.perf_counter()
+        try:
+            outcome = yield self._retrying(
+                f"applying {describe(event)}", "destination",
+                lambda: self.applier.apply(event))
+        except ApplyError as e:
+            self.metrics.errors.labels(kind=type(e).__name__).inc()
+            raise MirrorFatal(
+                f"{e} Replication stopped; last applied index {self.index}. "
+                "Check the destination, then restart with --reload."
+            ) from None
+        except etcd.EtcdException as e:
+            self.metrics.errors.labels(kind=type(e).__name__).inc()
+            raise MirrorFatal(
+                f"could not apply {describe(event)} on the destination: {e}. "
+                f"Replication stopped; last applied index {self.index}."
+            ) from None
+        self.index = event.modifiedIndex
+        yield self._persist(self.index)
+        self.metrics.write_latency.observe(time.perf_counter() - started)
+        self.metrics.replicated_events.inc()
+        self.metrics.events.labels(action=event.action, outcome=outcome).inc()
+        if outcome == IGNORED:
+            self.metrics.ignored_events.inc()
+        elif outcome != APPLIED:
+            log.info("%s was already applied (replay)", describe(event))
+        self.status.replica_index = self.index
+        self.status.last_event_time = self.clock.seconds()
+
+    @defer.inlineCallbacks
+    def _index_cleared(self, error: Exception):
+        message = (
+            f"The current replication index {self.index} is not available anymore "
+            f"in the etcd source cluster ({error})."
+        )
+        if not self.options.auto_resync:
+            raise MirrorFatal(message + " Restart the process with --reload.")
+        log.warning("%s Resynchronising from a snapshot.", message)
+        yield self._resync("index_cleared")
+        self.status.state = st.REPLICATING
+
+    @defer.inlineCallbacks
+    def _resync(self, reason: str):
+        self.status.state = st.RELOADING if reason == "reload" else st.RESYNCING
+        log.info("Re-loading the etcd data from the source cluster (%s)", reason)
+        started = time.perf_counter()
+        report = yield self._retrying(
+            f"resync ({reason})", "source",
+            lambda: resync(self.source, self.destination, self.mapper))
+        self.index = report.etcd_index
+        yield self._persist(self.index)
+        self.metrics.load_time.observe(time.perf_counter() - started)
+        self.metrics.resyncs.labels(reason=reason).inc()
+        self.status.saw_source_index(report.etcd_index)
+        self.status.replica_index = self.index
+        log.info(
+            "resync (%s) done in %.2fs: %d source nodes, %d written, %d deleted; "
+            "index %d", reason, time.perf_counter() - started, report.source_keys,
+            report.writes, report.deletes, self.index)
+
+    # -- retries -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _retrying(self, what: str, side: str, operation: Callable[[], defer.Deferred]):
+        """Run ``operation`` until it succeeds or fails for a non-transient reason."""
+        backoff = self.backoff_factory()
+        previous_state = None
+        while True:
+            self._check_running()
+            try:
+                result = yield self._interruptibly(operation())
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                self._check_running()
+                delay = backoff.next_delay()
+                self.metrics.retries.labels(side=side).inc()
+                self.metrics.errors.labels(kind=type(e).__name__).inc()
+                self.status.error(str(e))
+                if previous_state is None:
+                    previous_state = self.status.state
+                self.status.state = st.RETRYING
+                log.warning("%s failed: %s; retrying in %.1fs", what, e, delay)
+                try:
+                    yield self._interruptibly(_sleep(self.clock, delay))
+                except defer.CancelledError:
+                    self._check_running()
+                continue
+            if previous_state is not None:
+                log.info("%s: recovered after %d retries", what, backoff.attempts)
+                if self.status.state == st.RETRYING:
+                    self.status.state = previous_state
+            return result
+
+
+def _sleep(clock: IReactorTime, seconds: float) -> defer.Deferred:
+    d: defer.Deferred = defer.Deferred(lambda d: call.cancel())
+    call = clock.callLater(seconds, d.callback, None)
+    return d

@@ -1,0 +1,57 @@
+"""Prometheus metrics, with etcd-mirror 0.0.12's names kept as they were.
+
+0.0.12 exported ``etcdmirror_replicated_events``, ``etcdmirror_write_latency``
+``{url,prefix}``, ``etcdmirror_lag{url,prefix}`` and ``etcdmirror_load_time``;
+dashboards and alerts use those names, so they stay.  The rest is what an
+on-call needs to tell *why* a mirror is behind.  Every metric lives in the
+registry passed in, never in prometheus_client's global one.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
+
+from etcdmirror.status import STATES, MirrorStatus
+
+NAMESPACE = "etcdmirror"
+
+
+class Metrics:
+    """All metrics of one mirror instance."""
+
+    def __init__(self, registry: CollectorRegistry, status: MirrorStatus,
+                 url: str, prefix: str) -> None:
+        self.registry = registry
+        ns = dict(namespace=NAMESPACE, registry=registry)
+        # -- 0.0.12's metrics ------------------------------------------------
+        self.replicated_events = Counter(
+            "replicated_events", "Replica events treated", **ns)
+        self.write_latency = Histogram(
+            "write_latency", "Etcd write latencies", ["url", "prefix"], **ns
+        ).labels(url=url, prefix=prefix)
+        self.lag = Gauge(
+            "lag", "Calculated replica lag", ["url", "prefix"], **ns
+        ).labels(url=url, prefix=prefix)
+        self.lag.set_function(lambda: status.lag)
+        self.load_time = Summary("load_time", "Dump and load time (seconds)", **ns)
+        # -- additions ---------------------------------------------------------
+        self.events = Counter(
+            "events", "Source events by action and outcome "
+            "(applied, replayed, ignored)", ["action", "outcome"], **ns)
+        self.ignored_events = Counter(
+            "ignored_events", "Events matching --src-ignore-keys-regex", **ns)
+        self.errors = Counter("errors", "Errors by kind", ["kind"], **ns)
+        self.resyncs = Counter(
+            "resyncs", "Full reconciliations with the source, by reason", ["reason"], **ns)
+        self.retries = Counter(
+            "retries", "Requests retried after a transient error, by side", ["side"], **ns)
+        source_index = Gauge(
+            "source_index", "Latest X-Etcd-Index seen from the source", **ns)
+        source_index.set_function(lambda: status.source_index)
+        replica_index = Gauge(
+            "replica_index", "Source index the replica is known complete up to", **ns)
+        replica_index.set_function(lambda: status.replica_index)
+        state = Gauge("state", "1 for the mirror's current state", ["state"], **ns)
+        for name in STATES:
+            state.labels(state=name).set_function(lambda name=name: float(status.state == name))
+        last_event = Gauge(
+            "last_event_timestamp_seconds", "When the last event was applied", **ns)
+        last_event.set_function(lambda: status.last_event_time or 0.0)

@@ -1,0 +1,192 @@
+"""Bring the destination to one consistent snapshot of the source, hitlessly.
+
+etcd-mirror 0.0.12 reloaded by deleting the whole destination prefix and then
+loading the source into it: for the minutes that took, every confd or pybal
+reading the replica saw an empty or half-filled tree.  Here we compare the two
+trees and write only the difference: keys that differ are overwritten in
+place, keys the source lacks are deleted, keys present on both sides are never
+removed.  Ignored keys are left exactly as they are.
+
+The source snapshot is a recursive ``quorum=true`` GET, so a member cut off
+from its quorum cannot hand us stale state; its ``X-Etcd-Index`` is the index
+from which replication continues.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import etcd
+from twisted.internet import defer
+
+from etcdmirror.client import EtcdClient
+from etcdmirror.keys import INDEX_ROOT, KeyMapper, is_under
+
+log = logging.getLogger(__name__)
+
+#: TTLs on the two sides are read a moment apart; closer than this is "equal".
+TTL_TOLERANCE = 2
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What a reader can observe of one node."""
+
+    dir: bool
+    value: Optional[str] = None
+    ttl: Optional[int] = None
+
+
+@dataclass
+class Plan:
+    """The writes and deletes that turn the destination into the source."""
+
+    writes: List[Tuple[str, NodeState, Optional[NodeState]]] = field(default_factory=list)
+    deletes: List[Tuple[str, NodeState]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.writes) + len(self.deletes)
+
+
+@dataclass
+class Snapshot:
+    """A flattened tree and the index it was read at."""
+
+    nodes: Dict[str, NodeState]
+    etcd_index: int
+    cluster_id: Optional[str]
+
+
+@dataclass
+class ResyncReport:
+    etcd_index: int
+    cluster_id: Optional[str]
+    source_keys: int
+    writes: int
+    deletes: int
+
+
+def flatten(result: Any) -> Dict[str, NodeState]:
+    """Every node of a recursive GET answer (dirs included) by key."""
+    nodes = {}
+    for node in result.get_subtree():
+        if node.key is None:  # the root of the keyspace has no key
+            continue
+        ttl = int(node.ttl) if node.ttl is not None else None
+        nodes[node.key] = NodeState(bool(node.dir), None if node.dir else node.value, ttl)
+    return nodes
+
+
+def _depth(key: str) -> Tuple[int, str]:
+    return (key.count("/"), key)
+
+
+def _ancestors(key: str) -> List[str]:
+    """``/a/b/c`` -> ``['/a', '/a/b']``."""
+    parts = key.split("/")
+    return ["/".join(parts[:i]) for i in range(2, len(parts))]
+
+
+def _ttl_differs(a: NodeState, b: NodeState) -> bool:
+    if (a.ttl is None) != (b.ttl is None):
+        return True
+    return a.ttl is not None and abs(a.ttl - b.ttl) > TTL_TOLERANCE
+
+
+def make_plan(source: Dict[str, NodeState], destination: Dict[str, NodeState],
+              mapper: KeyMapper) -> Plan:
+    """Pure diff of two flattened trees (source keys, destination keys)."""
+    wanted: Dict[str, NodeState] = {}
+    for key, node in source.items():
+        if not mapper.ignored(key):
+            wanted[mapper.to_dst(key)] = node
+
+    plan = Plan()
+    for key in sorted(wanted, key=_depth):
+        if key == "/":
+            continue
+        node, have = wanted[key], destination.get(key)
+        if have is None or have.dir != node.dir or _ttl_differs(node, have):
+            plan.writes.append((key, node, have))
+        elif not node.dir and have.value != node.value:
+            plan.writes.append((key, node, have))
+
+    def ours(key: str) -> bool:
+        return (is_under(key, mapper.dst_root) and key != "/"
+                and not is_under(key, INDEX_ROOT)
+                and not mapper.ignored(mapper.to_src(key)))
+
+    # A directory that holds an ignored key is never deleted as a whole.
+    holds_kept = set()
+    for key in destination:
+        if is_under(key, mapper.dst_root) and not ours(key):
+            holds_kept.update(_ancestors(key))
+    covered = set()
+    for key in sorted(destination, key=_depth):
+        if key in wanted or not ours(key):
+            continue
+        if covered.intersection(_ancestors(key)):
+            continue
+        node = destination[key]
+        if node.dir and key in holds_kept:
+            continue
+        plan.deletes.append((key, node))
+        if node.dir:
+            covered.add(key)
+    return plan
+
+
+@defer.inlineCallbacks
+def snapshot(client: EtcdClient, key: str, quorum: bool = True):
+    """Recursive read of ``key`` as a :class:`Snapshot` (empty when missing)."""
+    try:
+        answer = yield client.get(key, recursive=True, quorum=quorum)
+    except etcd.EtcdKeyNotFound as e:
+        return Snapshot({}, int(getattr(e, "etcd_index", 0) or 0), None)
+    return Snapshot(flatten(answer.result), answer.etcd_index, answer.cluster_id)
+
+
+@defer.inlineCallbacks
+def execute(plan: Plan, destination: EtcdClient) -> defer.Deferred:
+    """Carry out a plan: writes parents-first, then deletes."""
+    for key, node, have in plan.writes:
+        if have is not None and have.dir != node.dir:
+            # A file became a dir or the other way round: etcd v2 cannot
+            # change a node's type in place.
+            yield _delete_quietly(destination, key, have)
+        if node.dir:
+            if have is not None and have.dir:
+                yield destination.put(key, dir=True, ttl=node.ttl, prev_exist=True)
+            else:
+                yield destination.put(key, dir=True, ttl=node.ttl)
+        else:
+            yield destination.put(key, node.value, ttl=node.ttl)
+        log.debug("resync: wrote %r", key)
+    for key, node in plan.deletes:
+        yield _delete_quietly(destination, key, node)
+        log.debug("resync: deleted %r", key)
+
+
+@defer.inlineCallbacks
+def _delete_quietly(destination: EtcdClient, key: str, node: NodeState):
+    try:
+        yield destination.delete(key, recursive=node.dir, dir=node.dir)
+    except etcd.EtcdKeyNotFound:
+        pass
+
+
+@defer.inlineCallbacks
+def resync(source: EtcdClient, destination: EtcdClient, mapper: KeyMapper):
+    """Reconcile the destination image of the source prefix; fires with a report."""
+    src = yield snapshot(source, mapper.src_prefix)
+    dst = yield snapshot(destination, mapper.dst_root)
+    plan = make_plan(src.nodes, dst.nodes, mapper)
+    log.info(
+        "resync: source has %d nodes under %s at index %d; writing %d, deleting %d "
+        "on the destination under %s",
+        len(src.nodes), mapper.src_prefix, src.etcd_index, len(plan.writes),
+        len(plan.deletes), mapper.dst_root,
+    )
+    yield execute(plan, destination)
+    return ResyncReport(src.etcd_index, src.cluster_id, len(src.nodes),
+                        len(plan.writes), len(plan.deletes))
