@@ -279,9 +279,13 @@ class ReplicationController:
         self.status.state = st.RELOADING if reason == "reload" else st.RESYNCING
         log.info("Re-loading the etcd data from the source cluster (%s)", reason)
         started = time.perf_counter()
-        report = yield self._retrying(
-            f"resync ({reason})", "source",
-            lambda: resync(self.source, self.destination, self.mapper))
+        try:
+            report = yield self._retrying(
+                f"resync ({reason})", "source",
+                lambda: resync(self.source, self.destination, self.mapper))
+        except etcd.EtcdException as e:
+            self.metrics.errors.labels(kind=type(e).__name__).inc()
+            raise MirrorFatal(f"resync ({reason}) failed: {e}") from None
         self.index = report.etcd_index
         yield self._persist(self.index)
         self.metrics.load_time.observe(time.perf_counter() - started)

@@ -102,12 +102,16 @@ def make_plan(source: Dict[str, NodeState], destination: Dict[str, NodeState],
             wanted[mapper.to_dst(key)] = node
 
     plan = Plan()
+    # Directories deleted as a whole: nothing below them needs deleting.
+    covered = set()
     for key in sorted(wanted, key=_depth):
         if key == "/":
             continue
         node, have = wanted[key], destination.get(key)
         if have is None or have.dir != node.dir or _ttl_differs(node, have):
             plan.writes.append((key, node, have))
+            if have is not None and have.dir and not node.dir:
+                covered.add(key)  # a dir that becomes a file goes first
         elif not node.dir and have.value != node.value:
             plan.writes.append((key, node, have))
 
@@ -121,7 +125,6 @@ def make_plan(source: Dict[str, NodeState], destination: Dict[str, NodeState],
     for key in destination:
         if is_under(key, mapper.dst_root) and not ours(key):
             holds_kept.update(_ancestors(key))
-    covered = set()
     for key in sorted(destination, key=_depth):
         if key in wanted or not ours(key):
             continue

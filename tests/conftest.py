@@ -183,3 +183,27 @@ def etcd_factory(etcd_pids):
         yield factory
     finally:
         factory.cleanup()
+
+
+@pytest.fixture
+def mirror(request):
+    """Factory for real ``etcd-mirror`` processes; all are stopped at teardown.
+
+    ``mirror(src_url, dst_url, *flags)`` starts one and waits until it is
+    healthy (``healthy=False`` to not wait, ``start=False`` to not start).
+    The mirror's log is printed when the test failed.
+    """
+    from tests.mirror_proc import MirrorFactory
+
+    factory = MirrorFactory()
+    yield factory
+    rep = getattr(request.node, "rep_call", None)
+    factory.cleanup(failed=bool(rep and rep.failed))
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Expose each phase's report on the item, so fixtures can see failures."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

@@ -7,6 +7,7 @@ log.  Every wait is a poll with a deadline.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,6 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Optional, Sequence
 
-from etcdmirror.localetcd import free_port
 from tests.helpers import wait_for
 
 
@@ -27,7 +27,10 @@ class MirrorProcess:
         self.src = src
         self.dst = dst
         self.args = list(args)
-        self.port = port if port is not None else free_port()
+        # Port 0: the kernel picks a free port, which the mirror logs.  Picking
+        # one here and passing it would race with outgoing connections.
+        self.requested_port = port if port is not None else 0
+        self.port: Optional[int] = port
         self.env = env
         self.proc: Optional[subprocess.Popen] = None
         fd, self.log_path = tempfile.mkstemp(prefix="etcdmirror-test-", suffix=".log")
@@ -36,7 +39,7 @@ class MirrorProcess:
 
     @property
     def command(self) -> List[str]:
-        return [sys.executable, "-m", "etcdmirror", "--port", str(self.port),
+        return [sys.executable, "-m", "etcdmirror", "--port", str(self.requested_port),
                 *self.args, self.src, self.dst]
 
     @property
@@ -50,9 +53,19 @@ class MirrorProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env)
+        if self.requested_port == 0:
+            self.port = None
+            wait_for(lambda: self.proc.poll() is not None or self._logged_port(),
+                     timeout=timeout, message="the mirror's HTTP port in its log")
         if healthy:
             self.wait_healthy(timeout)
         return self
+
+    def _logged_port(self) -> Optional[int]:
+        found = re.search(r"HTTP interface on port (\d+)", self.log())
+        if found:
+            self.port = int(found.group(1))
+        return self.port
 
     # -- observing ----------------------------------------------------------
 
@@ -61,6 +74,8 @@ class MirrorProcess:
             return f.read()
 
     def _get(self, path: str) -> Any:
+        if self.port is None:
+            raise AssertionError(f"the mirror has no HTTP port (yet):\n{self.log()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
                 return r.status, r.read().decode()

@@ -74,3 +74,9 @@ def test_index_keys_are_never_deleted_at_the_root():
     plan = make_plan({"/a": F("1")}, {"/a": F("1"), "/__replication": D(),
                                       "/__replication/__ROOT__": F("5")}, m)
     assert len(plan) == 0
+
+
+def test_dir_becoming_a_file_deletes_its_children_once():
+    m = KeyMapper("/s", "/d", strip=True)
+    plan = make_plan({"/s/x": F("now a file")}, {"/d/x": D(), "/d/x/child": F("c")}, m)
+    assert keys(plan.writes) == ["/d/x"] and plan.deletes == []
