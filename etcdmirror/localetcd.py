@@ -85,6 +85,32 @@ def _http_ok(url: str, timeout: float) -> bool:
         return False
 
 
+def _wait_all(servers: "List[LocalEtcd]", timeout: float) -> None:
+    """Wait until every server answers v2 reads.
+
+    All are polled together so that one member dying at startup (say, its
+    port was taken) is reported at once instead of after the others have
+    waited out the deadline for a quorum that may never come.
+    """
+    deadline = time.monotonic() + timeout
+    pending = list(servers)
+    while True:
+        for s in pending:
+            s._check_alive()
+        remaining = deadline - time.monotonic()
+        probe_timeout = max(0.05, min(_PROBE_TIMEOUT, remaining))
+        pending = [s for s in pending if not s._probe(probe_timeout)]
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            s = pending[0]
+            raise RuntimeError(
+                "etcd %s at %s not ready after %.1fs; log %s:\n%s"
+                % (s.name, s.url, timeout, s.log_path, s.log_tail())
+            )
+        time.sleep(_POLL_INTERVAL)
+
+
 class LocalEtcd:
     """One etcd server process on 127.0.0.1 with the v2 API enabled.
 
@@ -267,26 +293,20 @@ class LocalEtcd:
         the v2 read proves v2 is enabled and the member has joined a cluster
         with a leader.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self._proc.poll() if self._proc is not None else -1
-            if code is not None:
-                raise RuntimeError(
-                    "etcd %s exited with code %s while starting; log %s:\n%s"
-                    % (self.name, code, self.log_path, self.log_tail())
-                )
-            remaining = deadline - time.monotonic()
-            probe_timeout = max(0.05, min(_PROBE_TIMEOUT, remaining))
-            if _http_ok(self.url + "/version", probe_timeout) and _http_ok(
-                self.url + "/v2/keys/", probe_timeout
-            ):
-                return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    "etcd %s at %s not ready after %.1fs; log %s:\n%s"
-                    % (self.name, self.url, timeout, self.log_path, self.log_tail())
-                )
-            time.sleep(_POLL_INTERVAL)
+        _wait_all([self], timeout)
+
+    def _check_alive(self) -> None:
+        code = self._proc.poll() if self._proc is not None else -1
+        if code is not None:
+            raise RuntimeError(
+                "etcd %s exited with code %s while starting; log %s:\n%s"
+                % (self.name, code, self.log_path, self.log_tail())
+            )
+
+    def _probe(self, timeout: float) -> bool:
+        return _http_ok(self.url + "/version", timeout) and _http_ok(
+            self.url + "/v2/keys/", timeout
+        )
 
     def _signal(self, sig: int) -> None:
         if self.running:
@@ -431,9 +451,7 @@ class LocalEtcdCluster:
         for m in self.members:
             if not m.running:
                 m._spawn()
-        deadline = time.monotonic() + timeout
-        for m in self.members:
-            m.wait_ready(max(0.1, deadline - time.monotonic()))
+        _wait_all(self.members, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every member, one after the other.

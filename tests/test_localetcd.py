@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from etcdmirror import localetcd
 from etcdmirror.localetcd import LocalEtcd, LocalEtcdCluster, free_port
 from tests.helpers import V2, wait_for
 
@@ -137,6 +138,28 @@ def test_start_failure_reports_log_and_leaves_nothing(etcd_factory):
         etcd.start(timeout=10)
     assert "no-such-flag" in str(err.value)
     assert not etcd.running
+
+
+def test_start_retries_when_a_chosen_port_was_taken(monkeypatch, etcd_factory):
+    # Simulate the free_port() race: another process binds the port first.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        real, calls = localetcd._free_ports, []
+
+        def racy_free_ports(count):
+            ports = real(count)
+            if not calls:
+                ports[0] = taken.getsockname()[1]
+            calls.append(ports)
+            return ports
+
+        monkeypatch.setattr(localetcd, "_free_ports", racy_free_ports)
+        etcd = etcd_factory()
+        assert len(calls) == 2
+        assert etcd.client_port == calls[1][0] != taken.getsockname()[1]
+        assert "address already in use" in open(etcd.log_path).read()
+        assert V2(etcd.url).get("/")[0] == 200
 
 
 def test_given_data_dir_is_kept_and_env_ignored(tmp_path, monkeypatch):

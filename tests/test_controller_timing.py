@@ -1,0 +1,128 @@
+"""Retry timing and stop behaviour of the controller, on a fake clock.
+
+Only the controller's own time-driven logic is exercised here (backoff between
+retries, interrupting a wait on stop, rate-limited progress persistence); what
+etcd answers is tested against real servers elsewhere.
+"""
+
+import etcd
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from etcdmirror import status as st
+from etcdmirror.applier import EventApplier, UnknownAction
+from etcdmirror.backoff import Backoff
+from etcdmirror.client import EtcdUnavailable
+from etcdmirror.controller import Options, ReplicationController, _Stopping
+from etcdmirror.keys import KeyMapper
+from etcdmirror.metrics import Metrics
+
+
+class RecordingDestination:
+    """Records index writes; answers nothing else."""
+
+    def __init__(self):
+        self.puts = []
+
+    def put(self, key, value=None, **kwargs):
+        self.puts.append((key, value))
+        return defer.succeed(None)
+
+
+def make(clock, destination=None, **options):
+    status = st.MirrorStatus("s", "d", "/a", "/b", "/__replication/b")
+    metrics = Metrics(CollectorRegistry(), status, "http://d:1", "/b")
+    return ReplicationController(
+        source=None, destination=destination or RecordingDestination(),
+        mapper=KeyMapper("/a", "/b"), status=status, metrics=metrics, clock=clock,
+        options=Options(**options),
+        backoff_factory=lambda: Backoff(base=1.0, cap=8.0, rng=lambda: 1.0))
+
+
+def flaky(failures):
+    calls = []
+
+    def operation():
+        calls.append(True)
+        if len(calls) <= failures:
+            return defer.fail(EtcdUnavailable("GET '/a' on source: connection refused"))
+        return defer.succeed("answer")
+    return operation, calls
+
+
+def test_transient_errors_are_retried_with_growing_delays():
+    clock = Clock()
+    c = make(clock)
+    c.status.state = st.REPLICATING
+    operation, calls = flaky(3)
+    results = []
+    c._retrying("reading", "source", operation).addCallback(results.append)
+    assert len(calls) == 1 and c.status.state == st.RETRYING
+    clock.advance(0.99)
+    assert len(calls) == 1
+    clock.advance(0.01)          # 1 s
+    assert len(calls) == 2
+    clock.advance(2)             # 2 s
+    assert len(calls) == 3
+    clock.advance(3.99)
+    assert len(calls) == 3 and not results
+    clock.advance(0.01)          # 4 s
+    assert results == ["answer"] and c.status.state == st.REPLICATING
+    assert "connection refused" in c.status.last_error
+
+
+def test_non_transient_errors_are_not_retried():
+    c = make(Clock())
+    failures = []
+    c._retrying("x", "destination", lambda: defer.fail(etcd.EtcdNotDir("no"))).addErrback(
+        failures.append)
+    assert failures[0].check(etcd.EtcdNotDir)
+
+
+def test_stop_interrupts_a_backoff_wait():
+    clock = Clock()
+    c = make(clock)
+    operation, calls = flaky(100)
+    failures = []
+    c._retrying("x", "source", operation).addErrback(failures.append)
+    c.stop()
+    assert failures and failures[0].check(_Stopping)
+    assert not clock.getDelayedCalls()
+
+
+def test_progress_is_persisted_at_most_every_interval():
+    clock = Clock()
+    dest = RecordingDestination()
+    c = make(clock, dest, progress_persist_interval=10.0)
+    c.index = c.persisted_index = 100
+    c._last_persist = clock.seconds()
+    c._progress(150)
+    assert c.index == 150 and dest.puts == []
+    clock.advance(10)
+    c._progress(160)
+    assert dest.puts == [("/__replication/b", "160")]
+    c._progress(170)
+    assert len(dest.puts) == 1 and c.index == 170
+    clock.advance(10)
+    c._progress(170)
+    assert dest.puts[-1] == ("/__replication/b", "170")
+    clock.advance(10)
+    c._progress(170)             # unchanged: nothing written
+    assert len(dest.puts) == 2
+
+
+def test_progress_never_moves_the_index_back():
+    c = make(Clock())
+    c.index = c.persisted_index = 100
+    c._progress(50)
+    assert c.index == 100
+
+
+def test_unknown_action_is_refused_without_touching_the_destination():
+    event = etcd.EtcdResult(action="frobnicate", node={"key": "/a/x", "value": "1",
+                                                       "modifiedIndex": 7})
+    failures = []
+    EventApplier(None, KeyMapper("/a", "/b")).apply(event).addErrback(failures.append)
+    assert failures[0].check(UnknownAction)
+    assert "frobnicate" in str(failures[0].value) and "7" in str(failures[0].value)
