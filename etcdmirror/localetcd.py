@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from typing import Iterable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 __all__ = ["free_port", "LocalEtcd", "LocalEtcdCluster"]
 
