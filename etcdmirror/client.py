@@ -12,9 +12,9 @@ Two things are deliberate:
 
 * every exception message names the request (method, key, endpoint) and never
   the credentials;
-* a watch returns as soon as its body completes *or* after ``idle_timeout``
-  seconds, in which case it reports the ``X-Etcd-Index`` that etcd sent with
-  the response headers when it registered the watch.  No event under the
+* a watch can be finished early, in which case it reports the
+  ``X-Etcd-Index`` that etcd sent with the response headers when it
+  registered the watch.  No event under the
   prefix exists between ``waitIndex`` and that index, which is what keeps a
   quiet prefix inside etcd's 1000-event history.
 """
@@ -70,6 +70,45 @@ class WatchProgress:
 
 
 WatchOutcome = Union[Answer, WatchProgress]
+
+
+class PendingWatch:
+    """A watch request in flight.
+
+    ``registered`` fires with the ``X-Etcd-Index`` header as soon as etcd has
+    registered the watch (its headers arrive before any event); ``result``
+    fires with the event (:class:`Answer`) or, after :meth:`finish`, with
+    :class:`WatchProgress`.
+    """
+
+    def __init__(self) -> None:
+        self.registered: defer.Deferred = defer.Deferred()
+        self.result: defer.Deferred  # set by EtcdClient.watch
+        self.etcd_index: Optional[int] = None
+        self._collector: Optional["_Collector"] = None
+
+    def finish(self, clock: Any) -> None:
+        """Stop waiting: ``result`` fires with the progress the headers gave.
+
+        The abort happens one reactor turn later, so that bytes already on
+        the socket (an event sent just before, or while the process was
+        stopped) are read first: a watch is only "pending" if its body is
+        empty after that.
+        """
+        clock.callLater(0, self._finish_now)
+
+    def _finish_now(self) -> None:
+        if self._collector is not None and not self.result.called:
+            if self._collector.size == 0:
+                self._collector.abort("idle")
+
+    def cancel(self) -> None:
+        self.result.cancel()
+
+    def _on_headers(self, collector: "_Collector", etcd_index: Optional[int]) -> None:
+        self._collector = collector
+        self.etcd_index = etcd_index
+        self.registered.callback(etcd_index)
 
 
 def is_transient(failure: Union[Failure, BaseException]) -> bool:
@@ -220,15 +259,28 @@ class EtcdClient:
             params.append(("prevValue", prev_value))
         return self._request("DELETE", key, params)
 
-    def watch(self, key: str, wait_index: int, idle_timeout: float) -> defer.Deferred:
+    def watch(self, key: str, wait_index: int) -> PendingWatch:
         """Recursive watch on ``key`` from ``wait_index``.
 
-        Fires with an :class:`Answer` holding the first event under ``key``
-        whose index is ``>= wait_index``, or with :class:`WatchProgress` when
-        none came within ``idle_timeout`` seconds.
+        ``result`` fires with an :class:`Answer` holding the first event under
+        ``key`` whose index is ``>= wait_index``, or with
+        :class:`WatchProgress` once :meth:`PendingWatch.finish` is called.
         """
+        watch = PendingWatch()
         params = [("wait", "true"), ("recursive", "true"), ("waitIndex", str(wait_index))]
-        return self._request("GET", key, params, idle_timeout=idle_timeout)
+        request = self._request("GET", key, params, watch=watch)
+        watch.result = defer.Deferred(lambda _: request.cancel())
+        request.addBoth(forward_to, watch.result)
+        return watch
+
+    @defer.inlineCallbacks
+    def current_index(self):
+        """The store's index now: ``X-Etcd-Index`` of a read of a missing key."""
+        try:
+            answer = yield self.get("/__etcd_mirror_index_probe")
+        except etcd.EtcdKeyNotFound as e:
+            return e.etcd_index
+        return answer.etcd_index
 
     # -- plumbing -----------------------------------------------------------
 
@@ -244,7 +296,7 @@ class EtcdClient:
         key: str,
         params: List[Tuple[str, str]],
         body: Optional[List[Tuple[str, str]]] = None,
-        idle_timeout: Optional[float] = None,
+        watch: Optional[PendingWatch] = None,
     ) -> defer.Deferred:
         endpoint = self.endpoint
         what = self._describe(method, key, endpoint)
@@ -270,7 +322,7 @@ class EtcdClient:
         d.addCallbacks(
             self._read_response,
             self._transport_failed,
-            callbackArgs=(what, idle_timeout),
+            callbackArgs=(what, watch),
             errbackArgs=(what,),
         )
         return d
@@ -284,20 +336,14 @@ class EtcdClient:
             reason = _describe_exception(cause)
         raise EtcdUnavailable(f"{what}: {reason}", cause=cause)
 
-    def _read_response(self, response: Any, what: str, idle_timeout: Optional[float]):
+    def _read_response(self, response: Any, what: str, watch: Optional[PendingWatch]):
         etcd_index = _header_int(response, b"x-etcd-index")
         cluster_id = _header(response, b"x-etcd-cluster-id")
         finished: defer.Deferred = defer.Deferred(lambda _: collector.abort("cancelled"))
         collector = _Collector(finished, MAX_BODY)
         response.deliverBody(collector)
-        timer = None
-        if idle_timeout is not None and response.code == 200:
-            timer = self.reactor.callLater(idle_timeout, collector.abort, "idle")
-
-        def done(result):
-            if timer is not None and timer.active():
-                timer.cancel()
-            return result
+        if watch is not None and response.code == 200:
+            watch._on_headers(collector, etcd_index)
 
         def body_failed(failure: Failure):
             if failure.check(defer.CancelledError):
@@ -315,7 +361,6 @@ class EtcdClient:
                 cause=failure.value,
             )
 
-        finished.addBoth(done)
         finished.addCallbacks(
             self._parse, body_failed, callbackArgs=(response.code, etcd_index, cluster_id, what)
         )
@@ -367,6 +412,20 @@ class EtcdClient:
             # This member cannot serve us right now; another one may.
             self.next_endpoint()
         raise exc
+
+
+def forward_to(result: Any, target: defer.Deferred) -> None:
+    """Fire ``target`` with ``result`` unless it was cancelled meanwhile.
+
+    Chaining a cancellable Deferred to the request behind it must not blow up
+    with AlreadyCalledError when the request finishes after the cancel.
+    """
+    if not target.called:
+        if isinstance(result, Failure):
+            target.errback(result)
+        else:
+            target.callback(result)
+    return None
 
 
 def _decode(body: bytes) -> Optional[Dict[str, Any]]:

@@ -29,6 +29,7 @@ from etcdmirror.client import EtcdClient, WatchProgress, is_transient
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import resync
+from etcdmirror.watcher import WatchReader
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ class Options:
     watch_idle_timeout: float = 5.0
     #: Persist index progress learnt from idle watches at most this often.
     progress_persist_interval: float = 10.0
+    #: ... or as soon as it moved this many indexes ahead of the persisted one.
+    progress_persist_events: int = 500
+    #: How often to probe the source's index while a watch is pending.
+    index_probe_interval: float = 0.5
+    #: Renew a pending watch early once the source moved this far past it.
+    index_probe_threshold: int = 200
     #: On a cleared watch index: resync by ourselves (True) or exit 1 (False).
     auto_resync: bool = True
 
@@ -75,10 +82,15 @@ class ReplicationController:
         self.destination = destination
         self.mapper = mapper
         self.applier = EventApplier(destination, mapper)
+        self.options = options or Options()
+        self.reader = WatchReader(
+            source, mapper.src_prefix, clock,
+            idle_timeout=self.options.watch_idle_timeout,
+            probe_interval=self.options.index_probe_interval,
+            probe_threshold=self.options.index_probe_threshold)
         self.status = status
         self.metrics = metrics
         self.clock = clock
-        self.options = options or Options()
         self.backoff_factory = backoff_factory
         self.index = 0
         self.persisted_index: Optional[int] = None
@@ -198,12 +210,12 @@ class ReplicationController:
         while True:
             self._check_running()
             try:
+                wait_index = self.index + 1
                 outcome = yield self._retrying(
-                    f"watching {self.mapper.src_prefix!r} from index {self.index + 1}",
+                    f"watching {self.mapper.src_prefix!r} from index {wait_index}",
                     "source",
-                    lambda: self.source.watch(
-                        self.mapper.src_prefix, self.index + 1,
-                        self.options.watch_idle_timeout),
+                    lambda: self.reader.read(
+                        wait_index, lambda n: self._registered(wait_index, n)),
                 )
             except etcd.EtcdEventIndexCleared as e:
                 yield self._index_cleared(e)
@@ -219,6 +231,15 @@ class ReplicationController:
                 continue
             yield self._apply(event)
 
+    def _registered(self, wait_index: int, etcd_index: int) -> None:
+        """etcd registered our watch; its index is the source's current one.
+
+        Not progress yet: the same headers precede an event served from
+        history, so only a watch that *stayed* pending proves anything
+        (:class:`WatchProgress`).
+        """
+        self.status.saw_source_index(etcd_index)
+
     @defer.inlineCallbacks
     def _progress(self, etcd_index: int):
         """An idle watch: nothing under the prefix up to ``etcd_index``."""
@@ -226,8 +247,13 @@ class ReplicationController:
         if etcd_index > self.index:
             self.index = etcd_index
             self.status.replica_index = etcd_index
+        if self.persisted_index is None or self.index <= self.persisted_index:
+            return
         due = self.clock.seconds() - self._last_persist >= self.options.progress_persist_interval
-        if due and self.persisted_index is not None and self.index > self.persisted_index:
+        # Far behind in persisted progress: a restart would start outside
+        # etcd's 1000-event history, so persist now whatever the interval.
+        far = self.index - self.persisted_index >= self.options.progress_persist_events
+        if due or far:
             yield self._persist(self.index)
 
     @defer.inlineCallbacks
