@@ -72,6 +72,10 @@ def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
 @click.option("--no-auto-resync", is_flag=True,
               help="When the source's event history no longer holds our index, exit 1 "
               "instead of resynchronising from a snapshot.")
+@click.option("--on-divergence", type=click.Choice(["fail", "resync"]), default="fail",
+              show_default=True,
+              help="When a conditional event fails on the destination because something "
+              "else wrote the replica: exit 1, or resynchronise from a snapshot.")
 @click.option("--watch-idle-timeout", default=5.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0.1, 600),
               help="Re-register a watch that saw no event for this long, to learn the "
@@ -80,14 +84,15 @@ def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
 @click.argument("src", metavar="SRC", callback=_cluster)
 @click.argument("dst", metavar="DST", callback=_cluster)
 def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: str,
-         ignore: Any, port: int, no_auto_resync: bool, watch_idle_timeout: float,
+         ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
+         watch_idle_timeout: float,
          src: Cluster, dst: Cluster) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
     setup_logging(debug)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
     from etcdmirror.controller import Options
     options = Options(reload=reload, auto_resync=not no_auto_resync,
-                      watch_idle_timeout=watch_idle_timeout)
+                      on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout)
     sys.exit(run(src, dst, mapper, dst_prefix, port, options))
 
 

@@ -40,6 +40,9 @@ from etcdmirror.endpoints import Cluster, Endpoint
 #: value; a recursive snapshot of a big prefix is larger, so be generous).
 MAX_BODY = 512 * 1024 * 1024
 
+#: A key nobody writes: reading it is the cheapest way to learn the index.
+PROBE_KEY = "/__etcd_mirror_index_probe"
+
 #: errorCodes that mean "try again", not "you asked for something wrong".
 TRANSIENT_ERROR_CODES = {300, 301, 400}
 
@@ -274,13 +277,18 @@ class EtcdClient:
         return watch
 
     @defer.inlineCallbacks
-    def current_index(self):
-        """The store's index now: ``X-Etcd-Index`` of a read of a missing key."""
+    def probe(self, quorum: bool = False):
+        """The store's index and cluster id now, from a read of a missing key.
+
+        With ``quorum`` the read goes through consensus, so a member that is
+        behind or cut off cannot report an old index.  Fires with
+        :class:`WatchProgress` (an index and a cluster id, nothing more).
+        """
         try:
-            answer = yield self.get("/__etcd_mirror_index_probe")
+            answer = yield self.get(PROBE_KEY, quorum=quorum)
         except etcd.EtcdKeyNotFound as e:
-            return e.etcd_index
-        return answer.etcd_index
+            return WatchProgress(e.etcd_index, e.cluster_id)
+        return WatchProgress(answer.etcd_index, answer.cluster_id)
 
     # -- plumbing -----------------------------------------------------------
 
@@ -371,7 +379,7 @@ class EtcdClient:
     ) -> Answer:
         payload = _decode(body)
         if code >= 400 or payload is None or "errorCode" in payload:
-            self._raise_error(code, payload, body, etcd_index, what)
+            self._raise_error(code, payload, body, etcd_index, cluster_id, what)
         if payload is None or not isinstance(payload.get("node"), dict) or "action" not in payload:
             raise BadResponse(f"{what}: HTTP {code} without an etcd node: {_excerpt(body)}")
         if etcd_index is None:
@@ -391,6 +399,7 @@ class EtcdClient:
         payload: Optional[Dict[str, Any]],
         body: bytes,
         etcd_index: Optional[int],
+        cluster_id: Optional[str],
         what: str,
     ) -> None:
         if code in (401, 403):
@@ -408,6 +417,7 @@ class EtcdClient:
                 f"{what}: HTTP {code}: {_excerpt(body)}"
             )
         exc.etcd_index = etcd_index
+        exc.cluster_id = cluster_id
         if is_transient(exc):
             # This member cannot serve us right now; another one may.
             self.next_endpoint()

@@ -23,9 +23,11 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror import status as st
-from etcdmirror.applier import APPLIED, IGNORED, ApplyError, EventApplier, describe
+from etcdmirror import guards
+from etcdmirror.applier import APPLIED, IGNORED, ApplyError, Divergence, EventApplier, describe
 from etcdmirror.backoff import Backoff
 from etcdmirror.client import EtcdClient, WatchProgress, is_transient
+from etcdmirror.errors import MirrorFatal
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import resync
@@ -36,10 +38,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_OPERATOR = 1
 EXIT_CRASH = 70
-
-
-class MirrorFatal(Exception):
-    """Replication cannot go on without an operator; exit status 1."""
 
 
 class _Stopping(Exception):
@@ -62,6 +60,8 @@ class Options:
     index_probe_threshold: int = 200
     #: On a cleared watch index: resync by ourselves (True) or exit 1 (False).
     auto_resync: bool = True
+    #: A conditional event that fails on the destination: "fail" or "resync".
+    on_divergence: str = "fail"
 
 
 class ReplicationController:
@@ -93,6 +93,7 @@ class ReplicationController:
         self.clock = clock
         self.backoff_factory = backoff_factory
         self.index = 0
+        self.source_cluster_id: Optional[str] = None
         self.persisted_index: Optional[int] = None
         self._last_persist = 0.0
         self._running = True
@@ -104,9 +105,7 @@ class ReplicationController:
     def run(self):
         """Replicate until stopped; fires with the process exit status."""
         try:
-            if self.options.reload:
-                yield self._resync("reload")
-            self.index = yield self._load_index()
+            yield self._start()
             yield self._replicate()
         except _Stopping:
             pass
@@ -125,6 +124,36 @@ class ReplicationController:
         self.status.state = st.STOPPED
         log.info("stopped; last applied index %d", self.index)
         return EXIT_OK
+
+    @defer.inlineCallbacks
+    def _start(self):
+        """Safety checks, optional reload, and the index to start from."""
+        src = yield self._retrying("probing the source", "source",
+                                   lambda: self.source.probe(quorum=True))
+        dst = yield self._retrying("probing the destination", "destination",
+                                   lambda: self.destination.probe())
+        guards.check_not_a_loop(src.cluster_id, dst.cluster_id, self.mapper)
+        self.source_cluster_id = src.cluster_id
+        self.status.saw_source_index(src.etcd_index)
+        if self.options.reload:
+            yield self._resync("reload")
+        self.index = yield self._load_index()
+        if self.options.reload:
+            return
+        recorded = yield self._retrying(
+            "reading the recorded source cluster id", "destination",
+            lambda: guards.recorded_source_id(self.destination, self.mapper))
+        guards.check_same_source(recorded, src.cluster_id, self.source.cluster.display)
+        guards.check_not_rolled_back(self.index, src.etcd_index)
+        if recorded is None and src.cluster_id:
+            yield self._record_source_id(src.cluster_id)
+
+    @defer.inlineCallbacks
+    def _record_source_id(self, cluster_id: str):
+        key = guards.source_id_key(self.mapper)
+        yield self._retrying(f"recording the source cluster id in {key!r}", "destination",
+                             lambda: self.destination.put(key, cluster_id))
+        self.source_cluster_id = cluster_id
 
     def stop(self) -> None:
         """Ask the loop to stop after the event in hand; interrupts waits."""
@@ -220,7 +249,11 @@ class ReplicationController:
             except etcd.EtcdEventIndexCleared as e:
                 yield self._index_cleared(e)
                 continue
+            guards.check_same_source(self.source_cluster_id, outcome.cluster_id,
+                                     self.source.cluster.display)
             if isinstance(outcome, WatchProgress):
+                if outcome.etcd_index < self.index:
+                    yield self._check_rollback()
                 yield self._progress(outcome.etcd_index)
                 continue
             event = outcome.result
@@ -239,6 +272,13 @@ class ReplicationController:
         (:class:`WatchProgress`).
         """
         self.status.saw_source_index(etcd_index)
+
+    @defer.inlineCallbacks
+    def _check_rollback(self):
+        """A member answered with an index below ours: lagging, or rolled back?"""
+        src = yield self._retrying("probing the source", "source",
+                                   lambda: self.source.probe(quorum=True))
+        guards.check_not_rolled_back(self.index, src.etcd_index)
 
     @defer.inlineCallbacks
     def _progress(self, etcd_index: int):
@@ -264,6 +304,17 @@ class ReplicationController:
             outcome = yield self._retrying(
                 f"applying {describe(event)}", "destination",
                 lambda: self.applier.apply(event))
+        except Divergence as e:
+            self.metrics.errors.labels(kind=type(e).__name__).inc()
+            if self.options.on_divergence != "resync":
+                raise MirrorFatal(
+                    f"{e} Replication stopped; last applied index {self.index}. Find "
+                    "what writes to the replica, then restart with --reload (or run "
+                    "with --on-divergence resync).") from None
+            log.warning("%s Resynchronising from a snapshot (--on-divergence resync).", e)
+            yield self._resync("divergence")
+            self.status.state = st.REPLICATING
+            return
         except ApplyError as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             raise MirrorFatal(
@@ -314,6 +365,8 @@ class ReplicationController:
             raise MirrorFatal(f"resync ({reason}) failed: {e}") from None
         self.index = report.etcd_index
         yield self._persist(self.index)
+        if report.cluster_id:
+            yield self._record_source_id(report.cluster_id)
         self.metrics.load_time.observe(time.perf_counter() - started)
         self.metrics.resyncs.labels(reason=reason).inc()
         self.status.saw_source_index(report.etcd_index)

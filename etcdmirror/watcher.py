@@ -95,7 +95,7 @@ class WatchReader:
         if watch.result.called or watch.etcd_index is None:
             return
         try:
-            current = yield self.client.current_index()
+            current = (yield self.client.probe()).etcd_index
         except Exception as e:  # a failed probe changes nothing; the watch decides
             log.debug("index probe failed: %s", e)
             return

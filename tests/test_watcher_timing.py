@@ -31,9 +31,9 @@ class FakeSource:
         self.watches.append((wait_index, w))
         return w
 
-    def current_index(self):
+    def probe(self):
         self.probes += 1
-        return defer.succeed(self.index)
+        return defer.succeed(WatchProgress(self.index, None))
 
     def register(self, etcd_index):
         w = self.watches[-1][1]
