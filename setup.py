@@ -31,6 +31,7 @@ setup(
         "console_scripts": [
             "etcd-mirror = etcdmirror.cli:main",
             "etcd-mirror-demo = etcdmirror.demo:main",
+            "etcd-mirror-verify = etcdmirror.cli:verify_main",
         ]
     },
     classifiers=[

@@ -10,7 +10,7 @@ import logging
 import re
 import signal
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import click
 
@@ -46,27 +46,46 @@ def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
         raise click.BadParameter(str(e)) from None
 
 
+def mapping_options(f: Callable) -> Callable:
+    """What is mirrored where: shared by ``etcd-mirror`` and ``etcd-mirror-verify``."""
+    decorators = [
+        click.option("--strip", is_flag=True, help="Strip the source prefix from the keys."),
+        click.option("--src-prefix", default="/", show_default=True, callback=_prefix,
+                     help="Prefix to replicate from the source."),
+        click.option("--dst-prefix", default="/replica", show_default=True,
+                     callback=_prefix, help="Prefix to replicate to on the destination."),
+        click.option("--src-ignore-keys-regex", "ignore", default=None, metavar="REGEX",
+                     callback=_regex,
+                     help="Do not replicate source keys that fully match REGEX (the "
+                     "index still advances; the destination keys are never touched)."),
+    ]
+    for decorator in reversed(decorators):
+        f = decorator(f)
+    return f
+
+
+def cluster_arguments(f: Callable) -> Callable:
+    f = click.argument("dst", metavar="DST", callback=_cluster)(f)
+    return click.argument("src", metavar="SRC", callback=_cluster)(f)
+
+
+URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
+            "user:password@host:port), or comma-separated lists of the endpoints of one "
+            "cluster.")
+
+
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Allows replicating a specific prefix in one etcd cluster to a different "
-    "prefix on another cluster. SRC and DST are full URLs (http:// or https://, "
-    "optionally user:password@host:port), or comma-separated lists of the "
-    "endpoints of one cluster.",
+    "prefix on another cluster. " + URL_HELP + " Exit status: 0 clean stop, 1 the "
+    "operator is needed (the log says why), 2 usage error.",
 )
 @click.option("-d", "--debug", is_flag=True, help="Show debug output: one line per event.")
 @click.option(
     "--reload", is_flag=True,
     help="Bring the destination to a consistent snapshot of the source (only the "
     "differences are written), then replicate from the snapshot's index.")
-@click.option("--strip", is_flag=True, help="Strip the source prefix from the keys.")
-@click.option("--src-prefix", default="/", show_default=True, callback=_prefix,
-              help="Prefix to replicate from the source.")
-@click.option("--dst-prefix", default="/replica", show_default=True, callback=_prefix,
-              help="Prefix to replicate to on the destination.")
-@click.option("--src-ignore-keys-regex", "ignore", default=None, metavar="REGEX",
-              callback=_regex,
-              help="Do not replicate source keys that fully match REGEX (the index "
-              "still advances; the destination keys are never touched).")
+@mapping_options
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port of the HTTP interface (/lag, /metrics, /status, /healthz).")
 @click.option("--no-auto-resync", is_flag=True,
@@ -76,33 +95,86 @@ def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
               show_default=True,
               help="When a conditional event fails on the destination because something "
               "else wrote the replica: exit 1, or resynchronise from a snapshot.")
+@click.option("--verify-interval", default=0.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0),
+              help="Compare the replica with the source every SECONDS (0: never) and "
+              "export etcdmirror_divergent_keys.")
 @click.option("--watch-idle-timeout", default=5.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0.1, 600),
               help="Re-register a watch that saw no event for this long, to learn the "
               "source's current index.")
 @click.version_option(__version__, "--version", message="%(version)s")
-@click.argument("src", metavar="SRC", callback=_cluster)
-@click.argument("dst", metavar="DST", callback=_cluster)
+@cluster_arguments
 def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: str,
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
-         watch_idle_timeout: float,
+         verify_interval: float, watch_idle_timeout: float,
          src: Cluster, dst: Cluster) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
     setup_logging(debug)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
     from etcdmirror.controller import Options
     options = Options(reload=reload, auto_resync=not no_auto_resync,
-                      on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout)
+                      on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout,
+                      verify_interval=verify_interval)
     sys.exit(run(src, dst, mapper, dst_prefix, port, options))
 
 
-def setup_logging(debug: bool) -> None:
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=URL_HELP + " Exit status: 0 identical, 1 different (or the comparison "
+    "failed), 2 usage error.",
+)
+@click.option("-d", "--debug", is_flag=True, help="Show debug output.")
+@mapping_options
+@click.version_option(__version__, "--version", message="%(version)s")
+@cluster_arguments
+def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, ignore: Any,
+                src: Cluster, dst: Cluster) -> None:
+    """Compare the replica with a quorum snapshot of the source and print differences.
+
+    Takes the same options as etcd-mirror; compares presence, dir-ness and value
+    (not TTLs). Run it while the source is quiet for an exact answer: events in
+    flight show up as differences.
+    """
+    setup_logging(debug, level=logging.WARNING)
+    mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
+    from twisted.internet import task
+    task.react(_verify, (src, dst, mapper))
+
+
+def _verify(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper):
+    from etcdmirror.client import EtcdClient
+    from etcdmirror.verify import verify_once
+
+    source = EtcdClient(src, reactor, name="source")
+    destination = EtcdClient(dst, reactor, name="destination")
+
+    def report(found: List[Any]) -> None:
+        for difference in found:
+            click.echo(difference.describe())
+        where = f"{src.display}{mapper.src_prefix} and {dst.display}{mapper.dst_root}"
+        if found:
+            click.echo(f"{len(found)} differences between {where}")
+            raise SystemExit(1)
+        click.echo(f"identical: {where}")
+
+    def failed(failure: Any) -> None:
+        failure.trap(Exception)
+        click.echo(f"could not compare: {failure.getErrorMessage()}", err=True)
+        raise SystemExit(1)
+
+    d = verify_once(source, destination, mapper)
+    d.addCallbacks(report, failed)
+    return d
+
+
+def setup_logging(debug: bool, level: int = logging.INFO) -> None:
     from twisted.logger import (
         FilteringLogObserver, LogLevel, LogLevelFilterPredicate, STDLibLogObserver,
         globalLogBeginner)
 
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
+        level=logging.DEBUG if debug else level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -166,5 +238,19 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
         signal.signal(sig, on_signal)
 
     reactor.callWhenRunning(lambda: controller.run().addBoth(finished))
+    if options.verify_interval > 0:
+        from etcdmirror.verify import PeriodicVerifier
+
+        def report(found: List[Any]) -> None:
+            status.divergent_keys = len(found)
+            status.last_verify_time = reactor.seconds()
+            for difference in found[:20]:
+                log.warning("verify: %s", difference.describe())
+            if found:
+                log.warning("verify: %d keys differ from the source", len(found))
+
+        verifier = PeriodicVerifier(source, destination, mapper, reactor,
+                                    lambda: controller.index, report)
+        reactor.callWhenRunning(verifier.start, options.verify_interval)
     reactor.run(installSignalHandlers=False)
     return exit_code[0] if exit_code else 0

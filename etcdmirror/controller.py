@@ -62,6 +62,8 @@ class Options:
     auto_resync: bool = True
     #: A conditional event that fails on the destination: "fail" or "resync".
     on_divergence: str = "fail"
+    #: Compare the replica with the source every so many seconds (0: never).
+    verify_interval: float = 0.0
 
 
 class ReplicationController:

@@ -55,3 +55,9 @@ class Metrics:
         last_event = Gauge(
             "last_event_timestamp_seconds", "When the last event was applied", **ns)
         last_event.set_function(lambda: status.last_event_time or 0.0)
+        divergent = Gauge(
+            "divergent_keys", "Keys that differ from the source in the last periodic "
+            "verify (NaN: not verified)", **ns)
+        divergent.set_function(
+            lambda: float("nan") if status.divergent_keys is None
+            else float(status.divergent_keys))

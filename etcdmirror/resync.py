@@ -94,8 +94,12 @@ def _ttl_differs(a: NodeState, b: NodeState) -> bool:
 
 
 def make_plan(source: Dict[str, NodeState], destination: Dict[str, NodeState],
-              mapper: KeyMapper) -> Plan:
-    """Pure diff of two flattened trees (source keys, destination keys)."""
+              mapper: KeyMapper, compare_ttl: bool = True) -> Plan:
+    """Pure diff of two flattened trees (source keys, destination keys).
+
+    ``compare_ttl=False`` looks only at presence, dir-ness and value (what
+    ``etcd-mirror-verify`` reports); a resync also refreshes drifted TTLs.
+    """
     wanted: Dict[str, NodeState] = {}
     for key, node in source.items():
         if not mapper.ignored(key):
@@ -108,7 +112,8 @@ def make_plan(source: Dict[str, NodeState], destination: Dict[str, NodeState],
         if key == "/":
             continue
         node, have = wanted[key], destination.get(key)
-        if have is None or have.dir != node.dir or _ttl_differs(node, have):
+        if (have is None or have.dir != node.dir
+                or (compare_ttl and _ttl_differs(node, have))):
             plan.writes.append((key, node, have))
             if have is not None and have.dir and not node.dir:
                 covered.add(key)  # a dir that becomes a file goes first

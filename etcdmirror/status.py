@@ -36,6 +36,9 @@ class MirrorStatus:
     last_error: Optional[str] = None
     last_error_time: Optional[float] = None
     last_event_time: Optional[float] = None
+    #: Keys found different by the last periodic verify (None: not checked).
+    divergent_keys: Optional[int] = None
+    last_verify_time: Optional[float] = None
     started_at: float = field(default_factory=time.time)
     clock: Callable[[], float] = field(default=time.time, repr=False)
 
@@ -68,6 +71,8 @@ class MirrorStatus:
             "replica_index": self.replica_index,
             "lag": self.lag,
             "last_event_time": self.last_event_time,
+            "divergent_keys": self.divergent_keys,
+            "last_verify_time": self.last_verify_time,
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,
             "started_at": self.started_at,

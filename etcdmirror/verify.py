@@ -1,0 +1,131 @@
+"""Is the replica right?  A one-shot comparison, and the daemon's periodic check.
+
+``etcd-mirror-verify`` compares a ``quorum=true`` snapshot of the source prefix
+with its image on the destination (presence, dir-ness, value; TTLs drift by
+nature and are not compared) and prints every difference.
+
+Inside the daemon (``--verify-interval``) the comparison must not mistake
+events still in flight for divergence, so a round reads the source, waits
+until the mirror has applied up to that snapshot's index, reads the
+destination, reads the source again, and only counts keys that did not change
+on the source between the two source reads.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+
+from etcdmirror.client import EtcdClient
+from etcdmirror.keys import KeyMapper
+from etcdmirror.resync import NodeState, make_plan, snapshot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One destination key that is not what the source says it should be."""
+
+    key: str
+    kind: str  # missing, value, type, extra
+    source: Optional[NodeState]
+    destination: Optional[NodeState]
+
+    def describe(self) -> str:
+        if self.kind == "missing":
+            return f"missing {self.key}: on the source as {_show(self.source)}"
+        if self.kind == "extra":
+            below = " (and everything below it)" if self.destination.dir else ""
+            return f"extra   {self.key}{below}: not on the source"
+        return (f"{'differs' if self.kind == 'value' else 'type   '} {self.key}: source "
+                f"{_show(self.source)}, destination {_show(self.destination)}")
+
+
+def _show(node: Optional[NodeState]) -> str:
+    if node is None:
+        return "nothing"
+    return "a directory" if node.dir else f"value {node.value!r}"
+
+
+def differences(source: Dict[str, NodeState], destination: Dict[str, NodeState],
+                mapper: KeyMapper) -> List[Difference]:
+    """Pure comparison of two flattened trees (source keys, destination keys)."""
+    plan = make_plan(source, destination, mapper, compare_ttl=False)
+    out = []
+    for key, node, have in plan.writes:
+        kind = "missing" if have is None else ("type" if have.dir != node.dir else "value")
+        out.append(Difference(key, kind, node, have))
+    for key, have in plan.deletes:
+        out.append(Difference(key, "extra", None, have))
+    return sorted(out, key=lambda d: d.key)
+
+
+@defer.inlineCallbacks
+def verify_once(source: EtcdClient, destination: EtcdClient, mapper: KeyMapper):
+    """Snapshot both sides (quorum reads) and compare them; fires with the list."""
+    src = yield snapshot(source, mapper.src_prefix)
+    dst = yield snapshot(destination, mapper.dst_root)
+    return differences(src.nodes, dst.nodes, mapper)
+
+
+class PeriodicVerifier:
+    """Runs a consistent comparison every ``interval`` seconds inside the daemon."""
+
+    def __init__(self, source: EtcdClient, destination: EtcdClient, mapper: KeyMapper,
+                 clock: IReactorTime, applied_index: Callable[[], int],
+                 report: Callable[[List[Difference]], None],
+                 catch_up_timeout: float = 30.0) -> None:
+        self.source = source
+        self.destination = destination
+        self.mapper = mapper
+        self.clock = clock
+        self.applied_index = applied_index
+        self.report = report
+        self.catch_up_timeout = catch_up_timeout
+        self._loop: Optional[task.LoopingCall] = None
+
+    def start(self, interval: float) -> None:
+        self._loop = task.LoopingCall(self._round_logged)
+        self._loop.clock = self.clock
+        self._loop.start(interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    @defer.inlineCallbacks
+    def _round_logged(self):
+        try:
+            yield self.round()
+        except Exception as e:  # a failed check is retried next round
+            log.warning("periodic verify failed: %s", e)
+
+    @defer.inlineCallbacks
+    def round(self):
+        """One comparison; reports and fires with the differences, or None if skipped."""
+        first = yield snapshot(self.source, self.mapper.src_prefix)
+        deadline = self.clock.seconds() + self.catch_up_timeout
+        while self.applied_index() < first.etcd_index:
+            if self.clock.seconds() >= deadline:
+                log.info("periodic verify skipped: the mirror is still behind index %d",
+                         first.etcd_index)
+                return None
+            yield task.deferLater(self.clock, 0.1, lambda: None)
+        dst = yield snapshot(self.destination, self.mapper.dst_root)
+        second = yield snapshot(self.source, self.mapper.src_prefix)
+        found = [d for d in differences(first.nodes, dst.nodes, self.mapper)
+                 if self._stable(d, first.nodes, second.nodes)]
+        self.report(found)
+        return found
+
+    def _stable(self, diff: Difference, first: Dict[str, NodeState],
+                second: Dict[str, NodeState]) -> bool:
+        """The source key did not change between the two reads: not in flight."""
+        key = self.mapper.to_src(diff.key)
+        a, b = first.get(key), second.get(key)
+        if a is None or b is None:
+            return a is b
+        return a.dir == b.dir and a.value == b.value
