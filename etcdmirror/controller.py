@@ -124,7 +124,10 @@ class ReplicationController:
             return EXIT_CRASH
         yield self._persist_quietly()
         self.status.state = st.STOPPED
-        log.info("stopped; last applied index %d", self.index)
+        if self.persisted_index is None:
+            log.info("stopped before replication started")
+        else:
+            log.info("stopped; last applied index %d", self.index)
         return EXIT_OK
 
     @defer.inlineCallbacks
@@ -137,18 +140,26 @@ class ReplicationController:
         guards.check_not_a_loop(src.cluster_id, dst.cluster_id, self.mapper)
         self.source_cluster_id = src.cluster_id
         self.status.saw_source_index(src.etcd_index)
-        if self.options.reload:
-            yield self._resync("reload")
-        self.index = yield self._load_index()
-        if self.options.reload:
+        recorded = None
+        if not self.options.reload:
+            recorded = yield self._read_optional(guards.source_id_key(self.mapper))
+            guards.check_same_source(recorded, src.cluster_id, self.source.cluster.display)
+        interrupted = yield self._read_optional(guards.resync_marker_key(self.mapper))
+        if self.options.reload or interrupted is not None:
+            if not self.options.reload:
+                log.warning("A resync (%s) was interrupted before it finished; "
+                            "resuming it before replicating", interrupted)
+            yield self._resync("reload" if self.options.reload else "interrupted")
+            self.index = yield self._load_index()
             return
-        recorded = yield self._retrying(
-            "reading the recorded source cluster id", "destination",
-            lambda: guards.recorded_source_id(self.destination, self.mapper))
-        guards.check_same_source(recorded, src.cluster_id, self.source.cluster.display)
+        self.index = yield self._load_index()
         guards.check_not_rolled_back(self.index, src.etcd_index)
         if recorded is None and src.cluster_id:
             yield self._record_source_id(src.cluster_id)
+
+    def _read_optional(self, key: str) -> defer.Deferred:
+        return self._retrying(f"reading {key!r}", "destination",
+                              lambda: guards.read_optional(self.destination, key))
 
     @defer.inlineCallbacks
     def _record_source_id(self, cluster_id: str):
@@ -358,6 +369,9 @@ class ReplicationController:
         self.status.state = st.RELOADING if reason == "reload" else st.RESYNCING
         log.info("Re-loading the etcd data from the source cluster (%s)", reason)
         started = time.perf_counter()
+        marker = guards.resync_marker_key(self.mapper)
+        yield self._retrying(f"marking the resync in {marker!r}", "destination",
+                             lambda: self.destination.put(marker, reason))
         try:
             report = yield self._retrying(
                 f"resync ({reason})", "source",
@@ -369,6 +383,8 @@ class ReplicationController:
         yield self._persist(self.index)
         if report.cluster_id:
             yield self._record_source_id(report.cluster_id)
+        yield self._retrying(f"clearing {marker!r}", "destination",
+                             lambda: self.destination.delete(marker))
         self.metrics.load_time.observe(time.perf_counter() - started)
         self.metrics.resyncs.labels(reason=reason).inc()
         self.status.saw_source_index(report.etcd_index)

@@ -25,6 +25,17 @@ def source_id_key(mapper: KeyMapper) -> str:
     return mapper.index_key + ".source-cluster-id"
 
 
+def resync_marker_key(mapper: KeyMapper) -> str:
+    """Sibling of the index key that exists while a resync is under way.
+
+    A resync writes the destination before it moves the index, so a resync
+    cut short leaves a destination that is ahead of its index: replaying
+    from that index would look like divergence.  The marker makes the next
+    start finish the resync instead.
+    """
+    return mapper.index_key + ".resync-in-progress"
+
+
 def check_not_a_loop(source_id: Optional[str], destination_id: Optional[str],
                      mapper: KeyMapper) -> None:
     """Same cluster on both sides and overlapping prefixes: we would feed ourselves."""
@@ -47,10 +58,10 @@ def check_not_rolled_back(index: int, source_index: int) -> None:
 
 
 @defer.inlineCallbacks
-def recorded_source_id(destination: EtcdClient, mapper: KeyMapper):
-    """The source cluster id recorded beside the index, or None."""
+def read_optional(client: EtcdClient, key: str):
+    """The value of ``key``, or None when it does not exist."""
     try:
-        answer = yield destination.get(source_id_key(mapper))
+        answer = yield client.get(key)
     except etcd.EtcdKeyNotFound:
         return None
     return answer.result.value

@@ -178,12 +178,18 @@ class V2:
         return out
 
     def wipe(self) -> None:
-        """Delete every (visible) top-level node: a clean keyspace for a test."""
+        """Delete every top-level node: a clean keyspace for a test.
+
+        Hidden keys are not listed by etcd, so the mirror's own hidden
+        ``/__replication`` is deleted by name: no test may continue from an
+        index an earlier test left behind.
+        """
         status, body, _ = self.get("/")
         if status != 200:
             raise AssertionError("GET /: %s %r" % (status, body))
         for node in body["node"].get("nodes", ()):
             self.delete(node["key"], recursive=True)
+        self.delete("/__replication", recursive=True)
 
 
 def _entry(node: dict) -> Tuple[bool, Optional[str], bool]:

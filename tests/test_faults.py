@@ -20,13 +20,6 @@ PREFIX = "/conftool"
 DST_ROOT = "/replica" + PREFIX
 
 
-@pytest.fixture(autouse=True)
-def no_index_key(dst):
-    """The index lives under a hidden key that ``dst``'s wipe does not list: drop it,
-    so no test continues from an index an earlier test of the module left behind."""
-    dst.delete("/__replication", recursive=True)
-
-
 def same(src, dst, src_prefix=PREFIX, dst_root=DST_ROOT, timeout=30.0):
     """Until the destination image equals the source prefix; returns the tree."""
     def check():
