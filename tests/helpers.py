@@ -7,6 +7,7 @@ hide itself by being used to verify its own results.
 
 import base64
 import json
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -14,7 +15,7 @@ import urllib.request
 import uuid
 from typing import Any, Callable, Dict, Optional, Tuple
 
-__all__ = ["V2", "wait_for"]
+__all__ = ["V2", "wait_for", "wait_same", "persisted_index", "TreeReader"]
 
 Response = Tuple[int, Any, Any]  # (status, json body or raw text, headers)
 
@@ -234,3 +235,41 @@ def wait_for(
                 % (timeout, message or getattr(predicate, "__name__", "condition"), last)
             )
         time.sleep(interval)
+
+
+def wait_same(src: "V2", dst: "V2", src_prefix: str, dst_root: str,
+              timeout: float = 30.0) -> Dict[str, Tuple[bool, Optional[str], bool]]:
+    """Until the destination image equals the source prefix; returns the tree."""
+    def check():
+        tree = src.tree(src_prefix)
+        return (tree,) if tree == dst.tree(dst_root) else None
+    return wait_for(check, timeout=timeout,
+                    message=f"{dst_root} on the destination equal to {src_prefix}")[0]
+
+
+def persisted_index(dst: "V2", key: str = "/__replication/replica") -> Optional[int]:
+    """The replication index the mirror persisted on the destination, or None."""
+    status, body, _ = dst.get(key)
+    return int(body["node"]["value"]) if status == 200 else None
+
+
+class TreeReader(threading.Thread):
+    """Polls a destination subtree like confd would, recording every view it gets.
+
+    Used to prove that a reload or resync never makes a key vanish that
+    exists before and after it.
+    """
+
+    def __init__(self, client: "V2", root: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.root = client, root
+        self.views: list = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.views.append(set(self.client.tree(self.root)))
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)

@@ -2,9 +2,14 @@
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import wait_for, wait_same
 
 PREFIX = "/conftool"
+IMAGE = "/replica" + PREFIX
+
+
+def same(src, dst, src_prefix=PREFIX, dst_root=IMAGE):
+    return wait_same(src, dst, src_prefix, dst_root)
 
 
 @pytest.fixture
@@ -14,13 +19,6 @@ def mirrored(src, dst, mirror):
     m = mirror(src.url, dst.url, "--reload", "--src-prefix", PREFIX)
     return m
 
-
-def same(src, dst, src_prefix=PREFIX, dst_root="/replica" + PREFIX):
-    """Until the destination image equals the source prefix; returns the tree."""
-    def check():
-        tree = src.tree(src_prefix)
-        return (tree,) if tree == dst.tree(dst_root) else None
-    return wait_for(check, message="destination equal to source")[0]
 
 
 def replica(dst, key):

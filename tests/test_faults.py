@@ -11,21 +11,17 @@ import threading
 import urllib.error
 import urllib.request
 
-import pytest
 
 from etcdmirror.localetcd import free_port
-from tests.helpers import V2, wait_for
+from tests.helpers import V2, wait_for, wait_same
 
 PREFIX = "/conftool"
 DST_ROOT = "/replica" + PREFIX
 
 
 def same(src, dst, src_prefix=PREFIX, dst_root=DST_ROOT, timeout=30.0):
-    """Until the destination image equals the source prefix; returns the tree."""
-    def check():
-        tree = src.tree(src_prefix, quorum=True)
-        return (tree,) if tree == dst.tree(dst_root) else None
-    return wait_for(check, timeout=timeout, message="destination equal to source")[0]
+    return wait_same(src, dst, src_prefix, dst_root, timeout)
+
 
 
 def churn(client, count, tag, prefix=PREFIX):

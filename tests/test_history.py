@@ -5,9 +5,7 @@ elsewhere in the cluster, and again after a restart.  These tests reproduce
 both situations on a real etcd.
 """
 
-import threading
-
-from tests.helpers import wait_for
+from tests.helpers import TreeReader, persisted_index, wait_for
 
 PREFIX = "/conftool"
 IMAGE = "/replica/conftool"
@@ -20,11 +18,6 @@ def burst(client, prefix, count, deletes_every=0):
             client.delete(f"{prefix}/k{(i * 7) % 300}")
 
 
-def persisted(dst, key="/__replication/replica"):
-    status, body, _ = dst.get(key)
-    return int(body["node"]["value"]) if status == 200 else None
-
-
 def test_quiet_prefix_survives_1500_events_elsewhere(src, dst, mirror):
     src.set(PREFIX + "/seed", "1")
     m = mirror(src.url, dst.url, "--reload", "--src-prefix", PREFIX)
@@ -32,7 +25,7 @@ def test_quiet_prefix_survives_1500_events_elsewhere(src, dst, mirror):
     after = src.index()
     # Idle: the mirror learns from its watches that nothing happened under the
     # prefix, and persists that, so even a restart starts inside the history.
-    wait_for(lambda: (persisted(dst) or 0) >= after, timeout=30,
+    wait_for(lambda: (persisted_index(dst) or 0) >= after, timeout=30,
              message="persisted index catching up with the source while idle")
     src.set(PREFIX + "/x", "after the burst")
     wait_for(lambda: dst.get(IMAGE + "/x")[0] == 200, timeout=10)
@@ -42,24 +35,13 @@ def test_quiet_prefix_survives_1500_events_elsewhere(src, dst, mirror):
     # A restart at the end of the quiet period, even after kill -9.
     burst(src, "/elsewhere", 1200)
     after = src.index()
-    wait_for(lambda: (persisted(dst) or 0) >= after, timeout=30)
+    wait_for(lambda: (persisted_index(dst) or 0) >= after, timeout=30)
     m.kill()
     m2 = mirror(src.url, dst.url, "--src-prefix", PREFIX)
     src.set(PREFIX + "/y", "after the restart")
     wait_for(lambda: dst.get(IMAGE + "/y")[0] == 200, timeout=10)
     assert m2.metric("etcdmirror_resyncs_total", 'reason="index_cleared"') == 0
     assert "not available anymore" not in m2.log()
-
-
-class Reader(threading.Thread):
-    def __init__(self, dst, root):
-        super().__init__(daemon=True)
-        self.dst, self.root, self.views = dst, root, []
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            self.views.append(set(self.dst.tree(self.root)))
 
 
 def test_cleared_index_is_recovered_hitlessly(src, dst, mirror):
@@ -72,13 +54,12 @@ def test_cleared_index_is_recovered_hitlessly(src, dst, mirror):
     try:
         burst(src, PREFIX, 1500, deletes_every=10)
     finally:
-        reader = Reader(dst, IMAGE)
+        reader = TreeReader(dst, IMAGE)
         reader.start()
         m.resume()
     expected = src.tree(PREFIX)
     wait_for(lambda: dst.tree(IMAGE) == expected, timeout=60, message="replica == source")
-    reader.done.set()
-    reader.join(10)
+    reader.stop()
     assert m.metric("etcdmirror_resyncs_total", 'reason="index_cleared"') == 1
     for view in reader.views:
         assert stable <= view, "a key that existed throughout vanished during the resync"

@@ -16,21 +16,18 @@ import threading
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import wait_for, wait_same
 
 PREFIX = "/conftool"
 DST_ROOT = "/replica" + PREFIX
+
+
+def same(src, dst, src_prefix=PREFIX, dst_root=DST_ROOT, timeout=30.0):
+    return wait_same(src, dst, src_prefix, dst_root, timeout)
 INDEX_KEY = "/__replication/replica"
 
 SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 
-
-def same(src, dst, src_prefix=PREFIX, dst_root=DST_ROOT, timeout=30.0):
-    """Until the destination image equals the source prefix; returns the tree."""
-    def check():
-        tree = src.tree(src_prefix)
-        return (tree,) if tree == dst.tree(dst_root) else None
-    return wait_for(check, timeout=timeout, message="destination equal to source")[0]
 
 
 def persisted(dst, key=INDEX_KEY):

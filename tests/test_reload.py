@@ -1,29 +1,9 @@
 """--reload: one consistent snapshot, only the differences written, no empty window."""
 
-import threading
-
-from tests.helpers import wait_for
+from tests.helpers import TreeReader, wait_for
 
 PREFIX = "/conftool"
 IMAGE = "/replica/conftool"
-
-
-class Reader(threading.Thread):
-    """Polls the destination like confd would, recording every view it gets."""
-
-    def __init__(self, dst, root):
-        super().__init__(daemon=True)
-        self.dst, self.root = dst, root
-        self.views = []
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.is_set():
-            self.views.append(set(self.dst.tree(self.root)))
-
-    def stop(self):
-        self.done.set()
-        self.join(10)
 
 
 def test_reload_is_hitless_and_writes_only_differences(src, dst, mirror):
@@ -40,7 +20,7 @@ def test_reload_is_hitless_and_writes_only_differences(src, dst, mirror):
     survivors = before & set(expected)
     assert len(survivors) > 200
 
-    reader = Reader(dst, IMAGE)
+    reader = TreeReader(dst, IMAGE)
     reader.start()
     wait_for(lambda: len(reader.views) >= 3)
     m = mirror(src.url, dst.url, "--reload", "--src-prefix", PREFIX)
