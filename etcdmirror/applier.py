@@ -17,7 +17,7 @@ from typing import Any, Optional
 import etcd
 from twisted.internet import defer
 
-from etcdmirror.client import Answer, EtcdClient
+from etcdmirror.client import EtcdClient
 from etcdmirror.keys import KeyMapper
 
 APPLIED = "applied"
@@ -63,8 +63,14 @@ class EventApplier:
         self.destination = destination
         self.mapper = mapper
 
-    def apply(self, event: Any) -> defer.Deferred:
+    def apply(self, event: Any, replaying: bool = False) -> defer.Deferred:
         """Apply ``event``; fires with APPLIED, REPLAYED or IGNORED.
+
+        ``replaying`` says the event may have been applied before a crash
+        together with later ones (it is below the replay horizon): the
+        destination may then be *ahead* of the event, so a failed condition
+        or a state error is accepted as a replay; the later events, which are
+        replayed too, bring the key to its final state.
 
         Transient errors (:func:`etcdmirror.client.is_transient`) propagate
         unchanged so the caller can retry the same event.
@@ -80,7 +86,9 @@ class EventApplier:
             ))
         key = self.mapper.to_dst(event.key)
         d = getattr(self, "_" + action)(event, key)
-        d.addCallback(lambda _: APPLIED)
+        d.addCallback(lambda result: REPLAYED if result == REPLAYED else APPLIED)
+        if replaying:
+            d.addErrback(_ahead_of_the_event)
         return d
 
     # -- writes ------------------------------------------------------------
@@ -145,10 +153,10 @@ class EventApplier:
     # -- replay checks -----------------------------------------------------
 
     @staticmethod
-    def _already_gone(failure: Any) -> Optional[Answer]:
+    def _already_gone(failure: Any) -> str:
         """A delete of a key that is not there has its effect already."""
         failure.trap(etcd.EtcdKeyNotFound)
-        return None
+        return REPLAYED
 
     def _refresh_existing_dir(self, failure: Any, event: Any, key: str) -> defer.Deferred:
         failure.trap(etcd.EtcdNotFile)
@@ -162,7 +170,7 @@ class EventApplier:
         failure.trap(*expected)
         found = yield self._current(key)
         if _matches(found, event):
-            return None
+            return REPLAYED
         raise Divergence(
             f"{describe(event)} failed on the destination key {key!r} "
             f"({failure.getErrorMessage()}); expected "
@@ -178,6 +186,16 @@ class EventApplier:
         except etcd.EtcdKeyNotFound:
             return None
         return answer.result
+
+
+#: What a destination that is ahead of a replayed event answers.
+STATE_ERRORS = (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdNotFile,
+                etcd.EtcdNotDir, etcd.EtcdAlreadyExist, etcd.EtcdDirNotEmpty, Divergence)
+
+
+def _ahead_of_the_event(failure: Any) -> str:
+    failure.trap(*STATE_ERRORS)
+    return REPLAYED
 
 
 def _matches(found: Any, event: Any) -> bool:

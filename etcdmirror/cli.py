@@ -99,6 +99,10 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
               type=click.FloatRange(min=0),
               help="Compare the replica with the source every SECONDS (0: never) and "
               "export etcdmirror_divergent_keys.")
+@click.option("--watch-concurrency", default=16, show_default=True, metavar="N",
+              type=click.IntRange(1, 256),
+              help="Watches in flight at once while catching up: up to N events per "
+              "round trip to the source.")
 @click.option("--watch-idle-timeout", default=5.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0.1, 600),
               help="Re-register a watch that saw no event for this long, to learn the "
@@ -107,7 +111,7 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
 @cluster_arguments
 def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: str,
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
-         verify_interval: float, watch_idle_timeout: float,
+         verify_interval: float, watch_concurrency: int, watch_idle_timeout: float,
          src: Cluster, dst: Cluster) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
     setup_logging(debug)
@@ -115,7 +119,7 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
     from etcdmirror.controller import Options
     options = Options(reload=reload, auto_resync=not no_auto_resync,
                       on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout,
-                      verify_interval=verify_interval)
+                      watch_concurrency=watch_concurrency, verify_interval=verify_interval)
     sys.exit(run(src, dst, mapper, dst_prefix, port, options))
 
 
@@ -204,7 +208,9 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
                           index_key=mapper.index_key, version=__version__)
     registry = CollectorRegistry()
     metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
-    source = EtcdClient(src, reactor, make_pool(reactor), name="source")
+    # Every watch in flight holds a connection; keep them all persistent.
+    source = EtcdClient(src, reactor, make_pool(reactor, options.watch_concurrency + 4),
+                        name="source")
     destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination")
     controller = ReplicationController(source, destination, mapper, status, metrics,
                                        reactor, options)

@@ -1,16 +1,19 @@
 """The replication controller: watch, apply in order, persist the index.
 
-Data flows one way: the source watch yields events in index order, the
-:class:`~etcdmirror.applier.EventApplier` replays each on the destination, and
-only then is the index advanced and persisted.  The persisted index is
-therefore never ahead of what was applied; after a crash some events may be
-applied twice, which the applier recognises as replays.
+Data flows one way: the :class:`~etcdmirror.watcher.WatchWindow` hands out the
+source's events in index order, the :class:`~etcdmirror.applier.EventApplier`
+replays each on the destination, and only then does the applied index move.
+The index is persisted in batches (every ``persist_events`` events or
+``persist_interval`` seconds, on idle progress and on the way out), so it is
+never ahead of what was applied; after a crash the events since the persisted
+index are replayed, which the applier recognises.
 
 Every transient fault (connection refused or reset, timeouts, 5xx, an etcd
 restart on either side) is retried with capped, jittered backoff, resuming at
 the same event.  Everything else that stops replication is a
-:class:`MirrorFatal`: logged with the key, the index and the cause, and turned
-into exit status 1 so that systemd does not restart into the same wall.
+:class:`~etcdmirror.errors.MirrorFatal`: logged with the key, the index and
+the cause, and turned into exit status 1 so that systemd does not restart
+into the same wall.
 """
 
 import logging
@@ -20,18 +23,19 @@ from typing import Any, Callable, Optional
 
 import etcd
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from etcdmirror import status as st
 from etcdmirror import guards
+from etcdmirror import status as st
 from etcdmirror.applier import APPLIED, IGNORED, ApplyError, Divergence, EventApplier, describe
 from etcdmirror.backoff import Backoff
 from etcdmirror.client import EtcdClient, WatchProgress, is_transient
 from etcdmirror.errors import MirrorFatal
+from etcdmirror.indexstore import IndexStore, horizon_value
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import resync
-from etcdmirror.watcher import WatchReader
+from etcdmirror.watcher import WatchWindow
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +51,21 @@ class _Stopping(Exception):
 @dataclass
 class Options:
     reload: bool = False
+    #: Watches in flight at once while catching up (1: one event per round trip).
+    watch_concurrency: int = 16
     #: Re-register a watch that saw nothing for this long (seconds), to learn
     #: the source's X-Etcd-Index and keep the index inside etcd's history.
     watch_idle_timeout: float = 5.0
-    #: Persist index progress learnt from idle watches at most this often.
+    #: Persist the applied index after this many events ...
+    persist_events: int = 500
+    #: ... or this many seconds after the first event not yet persisted.
+    persist_interval: float = 0.5
+    #: Persist index progress learnt from idle watches at most this often ...
     progress_persist_interval: float = 10.0
     #: ... or as soon as it moved this many indexes ahead of the persisted one.
     progress_persist_events: int = 500
+    #: A replay horizon covers this many indexes past the event that wrote it.
+    horizon_slack: int = 1000
     #: How often to probe the source's index while a watch is pending.
     index_probe_interval: float = 0.5
     #: Renew a pending watch early once the source moved this far past it.
@@ -83,21 +95,31 @@ class ReplicationController:
         self.source = source
         self.destination = destination
         self.mapper = mapper
-        self.applier = EventApplier(destination, mapper)
-        self.options = options or Options()
-        self.reader = WatchReader(
-            source, mapper.src_prefix, clock,
-            idle_timeout=self.options.watch_idle_timeout,
-            probe_interval=self.options.index_probe_interval,
-            probe_threshold=self.options.index_probe_threshold)
         self.status = status
         self.metrics = metrics
         self.clock = clock
+        self.options = options or Options()
         self.backoff_factory = backoff_factory
+        self.applier = EventApplier(destination, mapper)
+        self.store = IndexStore(destination, mapper)
+        self.window = WatchWindow(
+            source, mapper.src_prefix, clock,
+            concurrency=self.options.watch_concurrency,
+            idle_timeout=self.options.watch_idle_timeout,
+            probe_interval=self.options.index_probe_interval,
+            probe_threshold=self.options.index_probe_threshold,
+            on_source_index=status.saw_source_index)
+        #: Every event up to this source index is applied.
         self.index = 0
-        self.source_cluster_id: Optional[str] = None
         self.persisted_index: Optional[int] = None
+        #: Events up to here may have been applied before the last crash.
+        self.replay_until = 0
+        self.horizon: Optional[int] = None
+        self.source_cluster_id: Optional[str] = None
         self._last_persist = 0.0
+        self._persist_timer: Optional[IDelayedCall] = None
+        self._persisting: Optional[defer.Deferred] = None
+        self._unpersisted = 0
         self._running = True
         self._interruptible: Optional[defer.Deferred] = None
 
@@ -112,16 +134,19 @@ class ReplicationController:
         except _Stopping:
             pass
         except MirrorFatal as e:
+            self._shutdown_io()
             self.status.state = st.FAILED
             self.status.error(str(e))
             log.critical("%s", e)
             return EXIT_OPERATOR
         except Exception as e:  # a bug: say so loudly, let systemd restart us
+            self._shutdown_io()
             self.status.state = st.FAILED
             self.status.error(f"internal error: {e!r}")
             log.critical("internal error, stopping (last applied index %d)", self.index,
                          exc_info=True)
             return EXIT_CRASH
+        self._shutdown_io()
         yield self._persist_quietly()
         self.status.state = st.STOPPED
         if self.persisted_index is None:
@@ -129,6 +154,25 @@ class ReplicationController:
         else:
             log.info("stopped; last applied index %d", self.index)
         return EXIT_OK
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the event in hand; interrupts waits."""
+        if not self._running:
+            return
+        log.info("stop requested")
+        self._running = False
+        self.status.state = st.STOPPING
+        if self._interruptible is not None:
+            self._interruptible.cancel()
+
+    def _shutdown_io(self) -> None:
+        self.window.close()
+        if self._persist_timer is not None and self._persist_timer.active():
+            self._persist_timer.cancel()
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise _Stopping()
 
     @defer.inlineCallbacks
     def _start(self):
@@ -142,102 +186,96 @@ class ReplicationController:
         self.status.saw_source_index(src.etcd_index)
         recorded = None
         if not self.options.reload:
-            recorded = yield self._read_optional(guards.source_id_key(self.mapper))
+            recorded = yield self._read_optional(self.store.source_id_key)
             guards.check_same_source(recorded, src.cluster_id, self.source.cluster.display)
-        interrupted = yield self._read_optional(guards.resync_marker_key(self.mapper))
+        interrupted = yield self._read_optional(self.store.resync_marker_key)
         if self.options.reload or interrupted is not None:
             if not self.options.reload:
                 log.warning("A resync (%s) was interrupted before it finished; "
                             "resuming it before replicating", interrupted)
             yield self._resync("reload" if self.options.reload else "interrupted")
-            self.index = yield self._load_index()
             return
-        self.index = yield self._load_index()
+        yield self._load_index()
         guards.check_not_rolled_back(self.index, src.etcd_index)
         if recorded is None and src.cluster_id:
             yield self._record_source_id(src.cluster_id)
 
     def _read_optional(self, key: str) -> defer.Deferred:
         return self._retrying(f"reading {key!r}", "destination",
-                              lambda: guards.read_optional(self.destination, key))
+                              lambda: self.store.read_optional(key))
 
     @defer.inlineCallbacks
     def _record_source_id(self, cluster_id: str):
-        key = guards.source_id_key(self.mapper)
-        yield self._retrying(f"recording the source cluster id in {key!r}", "destination",
-                             lambda: self.destination.put(key, cluster_id))
+        yield self._retrying("recording the source cluster id", "destination",
+                             lambda: self.store.put(self.store.source_id_key, cluster_id))
         self.source_cluster_id = cluster_id
-
-    def stop(self) -> None:
-        """Ask the loop to stop after the event in hand; interrupts waits."""
-        if not self._running:
-            return
-        log.info("stop requested")
-        self._running = False
-        self.status.state = st.STOPPING
-        if self._interruptible is not None:
-            self._interruptible.cancel()
-
-    def _check_running(self) -> None:
-        if not self._running:
-            raise _Stopping()
-
-    @defer.inlineCallbacks
-    def _interruptibly(self, d: defer.Deferred):
-        """Wait for ``d``, but let :meth:`stop` cancel it."""
-        self._interruptible = d
-        try:
-            result = yield d
-        except defer.CancelledError:
-            self._check_running()
-            raise
-        finally:
-            self._interruptible = None
-        return result
 
     # -- index ---------------------------------------------------------------
 
     @defer.inlineCallbacks
     def _load_index(self):
-        key = self.mapper.index_key
-        log.info("Current index read from %s", key)
-        try:
-            answer = yield self._retrying(
-                f"reading the replication index {key!r}", "destination",
-                lambda: self.destination.get(key))
-        except etcd.EtcdKeyNotFound:
-            raise MirrorFatal(
-                f"The replication key {key} could not be found on the destination "
-                f"{self.destination.cluster.display}. Restart with --reload!"
-            ) from None
-        value = answer.result.value
-        try:
-            index = int(value)
-        except (TypeError, ValueError):
-            raise MirrorFatal(
-                f"The replication key {key} holds {value!r}, not an etcd index. "
-                "Restart with --reload!"
-            ) from None
-        self.persisted_index = index
+        log.info("Current index read from %s", self.store.key)
+        self.index = yield self._retrying(
+            f"reading the replication index {self.store.key!r}", "destination",
+            self.store.read_index)
+        self.persisted_index = self.index
         self._last_persist = self.clock.seconds()
-        return index
+        self.horizon = yield self._retrying(
+            "reading the replay horizon", "destination", self.store.read_horizon)
+        self.replay_until = max(self.horizon or 0, self.index)
+        if self.replay_until > self.index:
+            log.info("events %d..%d may have been applied before the last stop; they are "
+                     "replayed with relaxed checks", self.index + 1, self.replay_until)
 
     @defer.inlineCallbacks
     def _persist(self, index: int):
-        key = self.mapper.index_key
         yield self._retrying(
-            f"writing the replication index {index} to {key!r}", "destination",
-            lambda: self.destination.put(key, str(index)))
-        self.persisted_index = index
+            f"writing the replication index {index} to {self.store.key!r}", "destination",
+            lambda: self.store.write_index(index))
+        self._persisted(index)
+
+    def _persisted(self, index: int) -> None:
+        if self.persisted_index is None or index > self.persisted_index:
+            self.persisted_index = index
         self._last_persist = self.clock.seconds()
+
+    def _flush_later(self, delay: Optional[float] = None) -> None:
+        """Persist the applied index soon, without holding up the event loop."""
+        if self._persist_timer is None or not self._persist_timer.active():
+            self._persist_timer = self.clock.callLater(
+                self.options.persist_interval if delay is None else delay, self._flush)
+
+    def _flush(self) -> None:
+        if self._persisting is not None or self.persisted_index is None:
+            return
+        index = self.index
+        if index <= self.persisted_index:
+            return
+        self._unpersisted = 0
+
+        def done(result: Any) -> None:
+            self._persisting = None
+            self._persisted(index)
+
+        def failed(failure: Any) -> None:
+            self._persisting = None
+            log.warning("could not persist index %d (will retry): %s", index,
+                        failure.getErrorMessage())
+            if self._running:
+                self._flush_later()
+
+        self._persisting = self.store.write_index(index)
+        self._persisting.addCallbacks(done, failed)  # may run at once: assign first
 
     @defer.inlineCallbacks
     def _persist_quietly(self):
         """On the way out: persist progress if there is any, never raise."""
+        if self._persisting is not None:
+            yield self._persisting
         if self.persisted_index is None or self.index <= self.persisted_index:
             return
         try:
-            yield self.destination.put(self.mapper.index_key, str(self.index))
+            yield self.store.write_index(self.index)
             self.persisted_index = self.index
         except Exception as e:
             log.warning("could not persist index %d on the way out: %s", self.index, e)
@@ -248,17 +286,14 @@ class ReplicationController:
     def _replicate(self):
         self.status.replica_index = self.index
         self.status.state = st.REPLICATING
+        self.window.reset(self.index + 1)
         log.info("Starting replication at %s", self.index)
         while True:
             self._check_running()
             try:
-                wait_index = self.index + 1
                 outcome = yield self._retrying(
-                    f"watching {self.mapper.src_prefix!r} from index {wait_index}",
-                    "source",
-                    lambda: self.reader.read(
-                        wait_index, lambda n: self._registered(wait_index, n)),
-                )
+                    f"watching {self.mapper.src_prefix!r} from index {self.index + 1}",
+                    "source", self.window.next)
             except etcd.EtcdEventIndexCleared as e:
                 yield self._index_cleared(e)
                 continue
@@ -277,15 +312,6 @@ class ReplicationController:
                 continue
             yield self._apply(event)
 
-    def _registered(self, wait_index: int, etcd_index: int) -> None:
-        """etcd registered our watch; its index is the source's current one.
-
-        Not progress yet: the same headers precede an event served from
-        history, so only a watch that *stayed* pending proves anything
-        (:class:`WatchProgress`).
-        """
-        self.status.saw_source_index(etcd_index)
-
     @defer.inlineCallbacks
     def _check_rollback(self):
         """A member answered with an index below ours: lagging, or rolled back?"""
@@ -302,21 +328,29 @@ class ReplicationController:
             self.status.replica_index = etcd_index
         if self.persisted_index is None or self.index <= self.persisted_index:
             return
-        due = self.clock.seconds() - self._last_persist >= self.options.progress_persist_interval
+        wait = self._last_persist + self.options.progress_persist_interval - self.clock.seconds()
         # Far behind in persisted progress: a restart would start outside
         # etcd's 1000-event history, so persist now whatever the interval.
         far = self.index - self.persisted_index >= self.options.progress_persist_events
-        if due or far:
+        if wait <= 0 or far:
             yield self._persist(self.index)
+        else:
+            self._flush_later(wait)
 
     @defer.inlineCallbacks
     def _apply(self, event: Any):
+        index = event.modifiedIndex
         log.debug("event %s", describe(event))
         started = time.perf_counter()
+        horizon = horizon_value(self.horizon, index, self.options.horizon_slack)
+        if horizon is not None:
+            yield self._retrying("writing the replay horizon", "destination",
+                                 lambda: self.store.write_horizon(horizon))
+            self.horizon = horizon
         try:
             outcome = yield self._retrying(
                 f"applying {describe(event)}", "destination",
-                lambda: self.applier.apply(event))
+                lambda: self.applier.apply(event, replaying=index <= self.replay_until))
         except Divergence as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             if self.options.on_divergence != "resync":
@@ -326,30 +360,32 @@ class ReplicationController:
                     "with --on-divergence resync).") from None
             log.warning("%s Resynchronising from a snapshot (--on-divergence resync).", e)
             yield self._resync("divergence")
-            self.status.state = st.REPLICATING
             return
         except ApplyError as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             raise MirrorFatal(
                 f"{e} Replication stopped; last applied index {self.index}. "
-                "Check the destination, then restart with --reload."
-            ) from None
+                "Check the destination, then restart with --reload.") from None
         except etcd.EtcdException as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             raise MirrorFatal(
                 f"could not apply {describe(event)} on the destination: {e}. "
-                f"Replication stopped; last applied index {self.index}."
-            ) from None
-        self.index = event.modifiedIndex
-        yield self._persist(self.index)
+                f"Replication stopped; last applied index {self.index}.") from None
+        self.index = index
+        self._unpersisted += 1
+        if self._unpersisted >= self.options.persist_events:
+            self._flush()
+        else:
+            self._flush_later()
         self.metrics.write_latency.observe(time.perf_counter() - started)
         self.metrics.replicated_events.inc()
         self.metrics.events.labels(action=event.action, outcome=outcome).inc()
         if outcome == IGNORED:
             self.metrics.ignored_events.inc()
         elif outcome != APPLIED:
-            log.info("%s was already applied (replay)", describe(event))
-        self.status.replica_index = self.index
+            log.info("%s was already in effect on the destination (a replay, or a TTL "
+                     "that expired there first)", describe(event))
+        self.status.replica_index = index
         self.status.last_event_time = self.clock.seconds()
 
     @defer.inlineCallbacks
@@ -362,16 +398,17 @@ class ReplicationController:
             raise MirrorFatal(message + " Restart the process with --reload.")
         log.warning("%s Resynchronising from a snapshot.", message)
         yield self._resync("index_cleared")
-        self.status.state = st.REPLICATING
 
     @defer.inlineCallbacks
     def _resync(self, reason: str):
+        """Reconcile the destination with a snapshot; the index becomes its index."""
         self.status.state = st.RELOADING if reason == "reload" else st.RESYNCING
         log.info("Re-loading the etcd data from the source cluster (%s)", reason)
+        self.window.close()
         started = time.perf_counter()
-        marker = guards.resync_marker_key(self.mapper)
+        marker = self.store.resync_marker_key
         yield self._retrying(f"marking the resync in {marker!r}", "destination",
-                             lambda: self.destination.put(marker, reason))
+                             lambda: self.store.put(marker, reason))
         try:
             report = yield self._retrying(
                 f"resync ({reason})", "source",
@@ -384,17 +421,33 @@ class ReplicationController:
         if report.cluster_id:
             yield self._record_source_id(report.cluster_id)
         yield self._retrying(f"clearing {marker!r}", "destination",
-                             lambda: self.destination.delete(marker))
+                             lambda: self.store.delete(marker))
+        self.replay_until = 0
         self.metrics.load_time.observe(time.perf_counter() - started)
         self.metrics.resyncs.labels(reason=reason).inc()
         self.status.saw_source_index(report.etcd_index)
         self.status.replica_index = self.index
+        self.status.state = st.REPLICATING
+        self.window.reset(self.index + 1)
         log.info(
             "resync (%s) done in %.2fs: %d source nodes, %d written, %d deleted; "
             "index %d", reason, time.perf_counter() - started, report.source_keys,
             report.writes, report.deletes, self.index)
 
     # -- retries -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _interruptibly(self, d: defer.Deferred):
+        """Wait for ``d``, but let :meth:`stop` cancel it."""
+        self._interruptible = d
+        try:
+            result = yield d
+        except defer.CancelledError:
+            self._check_running()
+            raise
+        finally:
+            self._interruptible = None
+        return result
 
     @defer.inlineCallbacks
     def _retrying(self, what: str, side: str, operation: Callable[[], defer.Deferred]):

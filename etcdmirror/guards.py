@@ -8,32 +8,8 @@ rollback checks also run whenever the source's headers look suspicious.
 
 from typing import Optional
 
-import etcd
-from twisted.internet import defer
-
-from etcdmirror.client import EtcdClient
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.keys import KeyMapper
-
-
-def source_id_key(mapper: KeyMapper) -> str:
-    """Sibling of the index key holding the source's X-Etcd-Cluster-Id.
-
-    A sibling, never inside the index value: 0.0.12 reads that value with
-    ``int()`` and must keep working on a destination we wrote.
-    """
-    return mapper.index_key + ".source-cluster-id"
-
-
-def resync_marker_key(mapper: KeyMapper) -> str:
-    """Sibling of the index key that exists while a resync is under way.
-
-    A resync writes the destination before it moves the index, so a resync
-    cut short leaves a destination that is ahead of its index: replaying
-    from that index would look like divergence.  The marker makes the next
-    start finish the resync instead.
-    """
-    return mapper.index_key + ".resync-in-progress"
 
 
 def check_not_a_loop(source_id: Optional[str], destination_id: Optional[str],
@@ -55,16 +31,6 @@ def check_not_rolled_back(index: int, source_index: int) -> None:
             f"{source_index}: the source cluster was rebuilt or restored from a backup, "
             "and its events can no longer be matched with the replica. Check the "
             "source, then restart with --reload to resynchronise from it.")
-
-
-@defer.inlineCallbacks
-def read_optional(client: EtcdClient, key: str):
-    """The value of ``key``, or None when it does not exist."""
-    try:
-        answer = yield client.get(key)
-    except etcd.EtcdKeyNotFound:
-        return None
-    return answer.result.value
 
 
 def check_same_source(recorded: Optional[str], current: Optional[str], source: str) -> None:

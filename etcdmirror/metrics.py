@@ -35,7 +35,7 @@ class Metrics:
         # -- additions ---------------------------------------------------------
         self.events = Counter(
             "events", "Source events by action and outcome "
-            "(applied, replayed, ignored)", ["action", "outcome"], **ns)
+            "(applied; replayed: already in effect on the destination; ignored)", ["action", "outcome"], **ns)
         self.ignored_events = Counter(
             "ignored_events", "Events matching --src-ignore-keys-regex", **ns)
         self.errors = Counter("errors", "Errors by kind", ["kind"], **ns)

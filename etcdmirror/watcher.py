@@ -1,106 +1,246 @@
-"""Reads the source prefix's events in index order, without falling out of history.
+"""Reads the source prefix's events in index order: many watches in flight,
+never out of etcd's history.
 
-etcd v2 keeps only the last 1000 events of the *whole cluster*.  A mirror of a
-quiet prefix in a busy cluster used to wait on ``waitIndex = last + 1`` while
-locks elsewhere made thousands of events; its next watch then asked for a
-cleared index and it died.
+**The window.**  A watch on ``waitIndex = w`` returns the first event under the
+prefix whose index is ``>= w``.  So watches at ``a, a+1, ..., a+k-1`` return,
+together, every event in ``[a, a+k-1]``: the watch at ``next`` gives the next
+event ``e``, the one at ``e+1`` the event after it, and so on, all in one
+round trip when the events are in etcd's history.  The window only opens
+while we are behind (up to the source index the headers told us); a mirror
+that is caught up keeps a single watch, which waits for the next event.
+Events are handed out strictly in index order, each once, whatever order the
+answers arrive in; watches keep running while the caller applies an event,
+so reading never waits for writing.
 
-Two facts keep us inside the window:
-
-* etcd answers a watch's headers as soon as it registers it, and their
-  ``X-Etcd-Index`` is the store index at that moment; a *pending* watch on
-  ``waitIndex = w`` with ``X-Etcd-Index = N`` proves that no event under the
-  prefix exists in ``[w, N]`` (:class:`~etcdmirror.client.WatchProgress`);
-* re-registering at ``N + 1`` is safe as long as ``N + 1`` is still in the
-  history.
-
-So a pending watch is re-registered when it has been idle for
-``idle_timeout`` seconds, and also as soon as a cheap probe of the source's
-current index shows that the cluster moved ``probe_threshold`` events past
-the watch's registration, long before 1000 events pass.
+**Staying in the history.**  etcd v2 keeps only the last 1000 events of the
+*whole cluster*.  etcd answers a watch's headers as soon as it registers it;
+their ``X-Etcd-Index`` is the store index at that moment, so a watch on
+``waitIndex = w`` that stays pending proves that no event under the prefix
+exists in ``[w, X-Etcd-Index]`` (:class:`~etcdmirror.client.WatchProgress`).
+A pending watch is renewed when it was idle for ``idle_timeout`` seconds,
+and also as soon as a cheap probe of the source's index shows the cluster
+moved ``probe_threshold`` events past its registration, long before 1000
+events pass.
 """
 
 import logging
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
-from etcdmirror.client import EtcdClient, PendingWatch, forward_to
+from etcdmirror.client import Answer, EtcdClient, PendingWatch, WatchProgress
 
 log = logging.getLogger(__name__)
 
 
-class WatchReader:
-    """One recursive watch at a time on the source prefix."""
+class WatchWindow:
+    """Up to ``concurrency`` recursive watches on the source prefix."""
 
     def __init__(
         self,
         client: EtcdClient,
         prefix: str,
         clock: IReactorTime,
+        concurrency: int = 16,
         idle_timeout: float = 5.0,
         probe_interval: float = 0.5,
         probe_threshold: int = 200,
+        on_source_index: Optional[Callable[[int], None]] = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.clock = clock
+        self.concurrency = max(1, concurrency)
         self.idle_timeout = idle_timeout
         self.probe_interval = probe_interval
         self.probe_threshold = probe_threshold
+        self.on_source_index = on_source_index
         self.early_renewals = 0
+        self._next = 1
+        self._known = 0
+        self._watches: Dict[int, PendingWatch] = {}
+        self._timers: Dict[int, IDelayedCall] = {}
+        self._results: Dict[int, Answer] = {}
+        self._empty: Dict[int, WatchProgress] = {}
+        self._waiter: Optional[defer.Deferred] = None
+        self._error: Optional[Failure] = None
+        self._probe: Optional[task.LoopingCall] = None
 
-    def read(self, wait_index: int,
-             on_registered: Optional[Callable[[int], None]] = None) -> defer.Deferred:
-        """The first event under the prefix with index ``>= wait_index``.
+    # -- the caller's side ----------------------------------------------------
 
-        Fires with :class:`~etcdmirror.client.Answer` for an event or
-        :class:`~etcdmirror.client.WatchProgress` when the watch was renewed.
-        ``on_registered(N)`` is called as soon as etcd registered the watch.
-        Cancelling the returned Deferred closes the watch.
+    def reset(self, next_index: int) -> None:
+        """Forget everything and read from ``next_index`` on."""
+        self.close()
+        self._results.clear()
+        self._empty.clear()
+        self._error = None
+        self._next = next_index
+
+    def next(self) -> defer.Deferred:
+        """The next event (:class:`Answer`) in index order, or progress.
+
+        Fires with :class:`WatchProgress` when the watch at the next index was
+        renewed while pending: no event under the prefix up to its index.
+        Errors of any watch (transient or not) fail this Deferred; calling
+        again re-opens the window.  Cancelling it closes every watch.
         """
-        watch = self.client.watch(self.prefix, wait_index)
-        timers = []
+        if self._error is not None:
+            error, self._error = self._error, None
+            return defer.fail(error)
+        ready = self._pop()
+        self._fill()
+        if ready is not None:
+            return defer.succeed(ready)
+        self._waiter = defer.Deferred(lambda _: self._cancelled())
+        return self._waiter
 
-        def registered(etcd_index: Optional[int]) -> None:
-            if etcd_index is None:
+    def close(self) -> None:
+        """Cancel every watch and timer."""
+        watches, self._watches = self._watches, {}
+        for w in list(self._timers):
+            self._cancel_timer(w)
+        for watch in watches.values():
+            watch.cancel()
+        self._stop_probe()
+
+    def _cancelled(self) -> None:
+        self._waiter = None
+        self.close()
+
+    # -- ordering -------------------------------------------------------------
+
+    def _pop(self):
+        if self._next in self._results:
+            answer = self._results.pop(self._next)
+            self._advance(answer.result.modifiedIndex + 1)
+            return answer
+        if self._next in self._empty:
+            progress = self._empty.pop(self._next)
+            self._advance(progress.etcd_index + 1)
+            return progress
+        return None
+
+    def _advance(self, next_index: int) -> None:
+        self._next = next_index
+        for w in [w for w in self._watches if w < next_index]:
+            self._drop(w).cancel()
+        for table in (self._results, self._empty):
+            for w in [w for w in table if w < next_index]:
+                del table[w]
+
+    def _fill(self) -> None:
+        """Open the watches the window needs: only past ``next`` while behind."""
+        if self._error is not None:
+            return
+        last = max(self._next, min(self._next + self.concurrency - 1, self._known + 1))
+        for w in range(self._next, last + 1):
+            if w not in self._watches and w not in self._results and w not in self._empty:
+                self._open(w)
+
+    def _deliver(self) -> None:
+        if self._waiter is not None:
+            ready = self._pop()
+            if ready is not None:
+                waiter, self._waiter = self._waiter, None
+                self._fill()
+                waiter.callback(ready)
                 return
-            if on_registered is not None:
-                on_registered(etcd_index)
-            timers.append(self.clock.callLater(self.idle_timeout, watch.finish, self.clock))
-            if self.probe_interval > 0:
-                probe = task.LoopingCall(self._probe, watch)
-                probe.clock = self.clock
-                probe.start(self.probe_interval, now=False).addErrback(
-                    lambda f: log.debug("index probe stopped: %s", f.getErrorMessage()))
-                timers.append(probe)
+        self._fill()
 
-        def cleanup(result):
-            for timer in timers:
-                if isinstance(timer, task.LoopingCall):
-                    if timer.running:
-                        timer.stop()
-                elif timer.active():
-                    timer.cancel()
-            return result
+    # -- one watch ------------------------------------------------------------
 
-        watch.registered.addCallback(registered)
-        d = defer.Deferred(lambda _: watch.cancel())
-        watch.result.addBoth(cleanup).addBoth(forward_to, d)
-        return d
+    def _open(self, w: int) -> None:
+        watch = self.client.watch(self.prefix, w)
+        self._watches[w] = watch
+        watch.registered.addCallback(self._registered, w, watch)
+        watch.result.addCallbacks(self._answered, self._failed,
+                                  callbackArgs=(w, watch), errbackArgs=(w, watch))
+
+    def _drop(self, w: int) -> PendingWatch:
+        self._cancel_timer(w)
+        return self._watches.pop(w)
+
+    def _cancel_timer(self, w: int) -> None:
+        timer = self._timers.pop(w, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _saw(self, etcd_index: Optional[int]) -> None:
+        if etcd_index is not None and etcd_index > self._known:
+            self._known = etcd_index
+            if self.on_source_index is not None:
+                self.on_source_index(etcd_index)
+
+    def _registered(self, etcd_index: Optional[int], w: int, watch: PendingWatch) -> None:
+        if self._watches.get(w) is not watch or etcd_index is None:
+            return
+        self._saw(etcd_index)
+        self._timers[w] = self.clock.callLater(self.idle_timeout, watch.finish, self.clock)
+        self._start_probe()
+        self._fill()
+
+    def _answered(self, outcome, w: int, watch: PendingWatch) -> None:
+        if self._watches.get(w) is not watch:
+            return  # dropped meanwhile: its answer is covered by another one
+        self._drop(w)
+        if isinstance(outcome, Answer):
+            event_index = outcome.result.modifiedIndex
+            self._saw(max(outcome.etcd_index, event_index))
+            self._results[w] = outcome
+            # The watches between w and the event would return the same event.
+            for later in [x for x in self._watches if w < x <= event_index]:
+                self._drop(later).cancel()
+        elif outcome.etcd_index >= w:
+            self._empty[w] = outcome
+        if not any(t.active() for t in self._timers.values()):
+            self._stop_probe()
+        self._deliver()
+
+    def _failed(self, failure: Failure, w: int, watch: PendingWatch) -> None:
+        if self._watches.get(w) is not watch:
+            return None  # we cancelled it ourselves
+        self._drop(w)
+        self.close()
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.errback(failure)
+        else:
+            self._error = failure
+        return None
+
+    # -- the index probe --------------------------------------------------------
+
+    def _start_probe(self) -> None:
+        if self.probe_interval <= 0 or (self._probe is not None and self._probe.running):
+            return
+        self._probe = task.LoopingCall(self._probe_once)
+        self._probe.clock = self.clock
+        self._probe.start(self.probe_interval, now=False)
+
+    def _stop_probe(self) -> None:
+        if self._probe is not None and self._probe.running:
+            self._probe.stop()
+        self._probe = None
 
     @defer.inlineCallbacks
-    def _probe(self, watch: PendingWatch):
-        if watch.result.called or watch.etcd_index is None:
+    def _probe_once(self):
+        pending = [w for w in self._watches if w in self._timers]
+        if not pending:
             return
         try:
             current = (yield self.client.probe()).etcd_index
-        except Exception as e:  # a failed probe changes nothing; the watch decides
+        except Exception as e:  # a failed probe changes nothing; the watches decide
             log.debug("index probe failed: %s", e)
             return
-        if current is not None and current - watch.etcd_index >= self.probe_threshold:
-            log.debug("source moved from %d to %d: renewing the watch early",
-                      watch.etcd_index, current)
-            self.early_renewals += 1
-            watch.finish(self.clock)
+        if current is None:
+            return
+        for w in pending:
+            watch = self._watches.get(w)
+            if (watch is not None and watch.etcd_index is not None
+                    and current - watch.etcd_index >= self.probe_threshold):
+                log.debug("source moved from %d to %d: renewing the watch at %d early",
+                          watch.etcd_index, current, w)
+                self.early_renewals += 1
+                watch.finish(self.clock)

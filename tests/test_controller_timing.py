@@ -91,25 +91,27 @@ def test_stop_interrupts_a_backoff_wait():
     assert not clock.getDelayedCalls()
 
 
-def test_progress_is_persisted_at_most_every_interval():
+def test_progress_is_persisted_at_most_every_interval_and_at_least_once():
     clock = Clock()
     dest = RecordingDestination()
-    c = make(clock, dest, progress_persist_interval=10.0)
+    c = make(clock, dest, progress_persist_interval=10.0, progress_persist_events=500)
     c.index = c.persisted_index = 100
     c._last_persist = clock.seconds()
     c._progress(150)
     assert c.index == 150 and dest.puts == []
-    clock.advance(10)
+    clock.advance(9.9)
+    assert dest.puts == []
+    clock.advance(0.1)           # no more progress came: persisted anyway
+    assert dest.puts == [("/__replication/b", "150")]
     c._progress(160)
-    assert dest.puts == [("/__replication/b", "160")]
     c._progress(170)
     assert len(dest.puts) == 1 and c.index == 170
     clock.advance(10)
-    c._progress(170)
     assert dest.puts[-1] == ("/__replication/b", "170")
-    clock.advance(10)
-    c._progress(170)             # unchanged: nothing written
+    clock.advance(30)            # unchanged: nothing written
     assert len(dest.puts) == 2
+    c._progress(700)             # far ahead of the persisted index: at once
+    assert dest.puts[-1] == ("/__replication/b", "700")
 
 
 def test_progress_never_moves_the_index_back():

@@ -13,7 +13,7 @@ import urllib.request
 
 
 from etcdmirror.localetcd import free_port
-from tests.helpers import V2, wait_for, wait_same
+from tests.helpers import V2, persisted_index, wait_for, wait_same
 
 PREFIX = "/conftool"
 DST_ROOT = "/replica" + PREFIX
@@ -94,8 +94,7 @@ def test_destination_down_then_back(src, dst, etcd_dst, mirror):
     wait_for(m.healthy, message="healthy again")
     assert m.status()["state"] == "replicating"
     assert m.metric("etcdmirror_retries_total", 'side="destination"') > 0
-    _, body, _ = dst.get("/__replication/replica")
-    assert int(body["node"]["value"]) == last
+    wait_for(lambda: persisted_index(dst) == last, message="index persisted")
     assert m.proc.poll() is None
 
 

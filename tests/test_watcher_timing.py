@@ -1,14 +1,16 @@
-"""When a pending watch is renewed: idle timeout and index probe, on a fake clock.
+"""The watch window's own logic, with a fake source and a fake clock.
 
-What etcd answers (headers first, X-Etcd-Index semantics) is checked against a
-real server in test_history.py; here only our timers are exercised.
+What etcd answers (headers first, X-Etcd-Index semantics, history) is checked
+against a real server in test_history.py and test_actions.py; here only our
+ordering, window and timers are exercised.
 """
 
+import etcd
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from etcdmirror.client import Answer, PendingWatch, WatchProgress
-from etcdmirror.watcher import WatchReader
+from etcdmirror.client import Answer, EtcdUnavailable, PendingWatch, WatchProgress
+from etcdmirror.watcher import WatchWindow
 
 
 class FakeCollector:
@@ -20,91 +22,129 @@ class FakeCollector:
 
 
 class FakeSource:
-    """Hands out watches we complete by hand; answers index probes."""
+    """Hands out watches we answer by hand; answers index probes."""
 
     def __init__(self):
-        self.watches, self.index, self.probes = [], 100, 0
+        self.watches, self.index, self.probes = {}, 100, 0
 
     def watch(self, key, wait_index):
         w = PendingWatch()
         w.result = defer.Deferred()
-        self.watches.append((wait_index, w))
+        self.watches[wait_index] = w
         return w
 
     def probe(self):
         self.probes += 1
         return defer.succeed(WatchProgress(self.index, None))
 
-    def register(self, etcd_index):
-        w = self.watches[-1][1]
+    def register(self, wait_index, etcd_index):
+        w = self.watches[wait_index]
         w._on_headers(FakeCollector(w, etcd_index), etcd_index)
 
+    def event(self, wait_index, index, header=None):
+        node = {"key": f"/p/k{index}", "value": "v", "modifiedIndex": index}
+        result = etcd.EtcdResult(action="set", node=node)
+        self.watches[wait_index].result.callback(
+            Answer(result, header if header is not None else index, None))
 
-def reader(clock, source, **kw):
+    def open(self):
+        return sorted(w for w, d in self.watches.items() if not d.result.called)
+
+
+def window(clock, source, **kw):
+    kw.setdefault("concurrency", 4)
     kw.setdefault("idle_timeout", 5.0)
     kw.setdefault("probe_interval", 0.5)
     kw.setdefault("probe_threshold", 200)
-    return WatchReader(source, "/p", clock, **kw)
+    w = WatchWindow(source, "/p", clock, **kw)
+    w.reset(42)
+    return w
 
 
-def test_idle_watch_is_finished_after_the_timeout_with_its_header_index():
+def indexes(outcomes):
+    return [o.result.modifiedIndex if isinstance(o, Answer) else ("progress", o.etcd_index)
+            for o in outcomes]
+
+
+def test_caught_up_means_one_watch():
     clock, source = Clock(), FakeSource()
-    out, seen = [], []
-    reader(clock, source).read(42, seen.append).addCallback(out.append)
-    source.register(100)
-    assert seen == [100]
+    w = window(clock, source)
+    w.next()
+    assert source.open() == [42]
+    source.register(42, 41)       # registered, nothing newer than 41 exists
+    assert source.open() == [42]
+
+
+def test_behind_opens_the_window_and_delivers_in_order():
+    clock, source = Clock(), FakeSource()
+    w = window(clock, source)
+    out = []
+    w.next().addCallback(out.append)
+    source.event(42, 43, header=60)     # from history: the source is at 60
+    assert out and indexes(out) == [43]
+    assert source.open() == [44, 45, 46, 47]
+    # Answers arrive out of order; events come out in order, each once.
+    source.event(46, 47, header=60)
+    source.event(47, 47, header=60)
+    source.event(45, 47, header=60)
+    source.event(44, 45, header=60)
+    w.next().addCallback(out.append)
+    w.next().addCallback(out.append)
+    assert indexes(out) == [43, 45, 47]
+
+
+def test_idle_watch_renewal_reports_progress():
+    clock, source = Clock(), FakeSource()
+    w = window(clock, source)
+    out = []
+    w.next().addCallback(out.append)
+    source.register(42, 100)   # pending with X-Etcd-Index 100: nothing in [42, 100]
     clock.advance(4.9)
     assert not out
-    clock.advance(0.1)   # the idle timer
-    clock.advance(0)     # the abort runs one reactor turn later
-    assert out == [WatchProgress(100, None)]
-    assert not [c for c in clock.getDelayedCalls() if c.active()]
+    clock.advance(0.1)         # the idle timer
+    clock.advance(0)           # the abort runs one reactor turn later
+    assert indexes(out) == [("progress", 100)]
+    w.next()
+    assert source.open() == [101]
 
 
 def test_probe_renews_early_when_the_cluster_moves_far():
     clock, source = Clock(), FakeSource()
+    w = window(clock, source, concurrency=1)
     out = []
-    r = reader(clock, source)
-    r.read(42).addCallback(out.append)
-    source.register(100)
+    w.next().addCallback(out.append)
+    source.register(42, 100)
     source.index = 250
     clock.advance(0.5)
     clock.advance(0)
-    assert not out          # 150 events: not yet
+    assert not out              # 150 events: not yet
     source.index = 300
     clock.advance(0.5)
     clock.advance(0)
-    assert out == [WatchProgress(100, None)] and r.early_renewals == 1
-    assert source.probes == 2
+    assert indexes(out) == [("progress", 100)] and w.early_renewals == 1
 
 
-def test_an_event_stops_the_timers():
+def test_an_error_fails_next_and_the_window_reopens():
     clock, source = Clock(), FakeSource()
+    w = window(clock, source)
+    failures = []
+    w.next().addErrback(failures.append)
+    source.watches[42].result.errback(EtcdUnavailable("connection refused"))
+    assert failures and failures[0].check(EtcdUnavailable)
     out = []
-    reader(clock, source).read(42).addCallback(out.append)
-    source.register(100)
-    event = Answer(result=object(), etcd_index=100, cluster_id=None)
-    source.watches[-1][1].result.callback(event)
-    assert out == [event]
-    probes = source.probes
-    clock.advance(10)
-    assert source.probes == probes
-    assert not [c for c in clock.getDelayedCalls() if c.active()]
+    w.next().addCallback(out.append)
+    source.event(42, 50)
+    assert indexes(out) == [50]
 
 
-def test_no_timers_before_etcd_registered_the_watch():
+def test_cancel_closes_every_watch_and_timer():
     clock, source = Clock(), FakeSource()
-    reader(clock, source).read(1)
-    clock.advance(30)
-    assert source.probes == 0
-
-
-def test_cancel_closes_the_watch():
-    clock, source = Clock(), FakeSource()
-    d = reader(clock, source).read(1)
-    source.register(5)
+    w = window(clock, source)
+    d = w.next()
+    source.register(42, 41)
     failures = []
     d.addErrback(failures.append)
     d.cancel()
     assert failures and failures[0].check(defer.CancelledError)
-    assert source.watches[-1][1].result.called
+    assert source.open() == []
+    assert not [c for c in clock.getDelayedCalls() if c.active()]

@@ -1,0 +1,96 @@
+"""The replication index and its sibling keys on the destination.
+
+The index key and its format are etcd-mirror 0.0.12's: ``/__replication`` +
+destination prefix (``/__replication/__ROOT__`` for ``/``), holding a plain
+integer, the source index the replica is complete up to.  Everything else we
+need lives in sibling keys next to it, never in that value, so that 0.0.12 can
+continue from an index we wrote and we from one it wrote:
+
+* ``<index>.source-cluster-id``: the source's X-Etcd-Cluster-Id;
+* ``<index>.resync-in-progress``: present while a resync writes (a resync cut
+  short leaves the replica ahead of its index; the next start finishes it);
+* ``<index>.replay-horizon``: no event above this index has been applied.
+  The index is persisted in batches, so after a crash the events between the
+  persisted index and the horizon may be applied already and are replayed
+  with relaxed checks.
+"""
+
+from typing import Optional
+
+import etcd
+from twisted.internet import defer
+
+from etcdmirror.client import EtcdClient
+from etcdmirror.errors import MirrorFatal
+from etcdmirror.keys import KeyMapper
+
+
+class IndexStore:
+    """Reads and writes the index key and its siblings (no retries here)."""
+
+    def __init__(self, destination: EtcdClient, mapper: KeyMapper) -> None:
+        self.destination = destination
+        self.key = mapper.index_key
+        self.source_id_key = self.key + ".source-cluster-id"
+        self.resync_marker_key = self.key + ".resync-in-progress"
+        self.horizon_key = self.key + ".replay-horizon"
+
+    @defer.inlineCallbacks
+    def read_index(self):
+        """The persisted index; :class:`MirrorFatal` when missing or not a number."""
+        value = yield self.read_optional(self.key)
+        if value is None:
+            raise MirrorFatal(
+                f"The replication key {self.key} could not be found on the destination "
+                f"{self.destination.cluster.display}. Restart with --reload!")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise MirrorFatal(
+                f"The replication key {self.key} holds {value!r}, not an etcd index. "
+                "Restart with --reload!") from None
+
+    def write_index(self, index: int) -> defer.Deferred:
+        return self.destination.put(self.key, str(index))
+
+    @defer.inlineCallbacks
+    def read_horizon(self):
+        """The replay horizon, or None (never written, e.g. by 0.0.12)."""
+        value = yield self.read_optional(self.horizon_key)
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+    def write_horizon(self, index: int) -> defer.Deferred:
+        return self.destination.put(self.horizon_key, str(index))
+
+    @defer.inlineCallbacks
+    def read_optional(self, key: str):
+        """The value of ``key``, or None when it does not exist."""
+        try:
+            answer = yield self.destination.get(key)
+        except etcd.EtcdKeyNotFound:
+            return None
+        return answer.result.value
+
+    def put(self, key: str, value: str) -> defer.Deferred:
+        return self.destination.put(key, value)
+
+    @defer.inlineCallbacks
+    def delete(self, key: str):
+        try:
+            yield self.destination.delete(key)
+        except etcd.EtcdKeyNotFound:
+            pass
+
+
+def horizon_value(current: Optional[int], event_index: int, slack: int) -> Optional[int]:
+    """The horizon to write before applying ``event_index``, or None if covered.
+
+    Written with slack so that a trickle of events does not cost a second
+    write each: one horizon write covers the next ``slack`` indexes.
+    """
+    if current is not None and event_index <= current:
+        return None
+    return event_index + slack
