@@ -124,11 +124,6 @@ def is_transient(failure: Union[Failure, BaseException]) -> bool:
     return isinstance(payload, dict) and payload.get("errorCode") in TRANSIENT_ERROR_CODES
 
 
-def error_code(exc: BaseException) -> Optional[int]:
-    payload = getattr(exc, "payload", None)
-    return payload.get("errorCode") if isinstance(payload, dict) else None
-
-
 def make_pool(reactor: Any, max_per_host: int = 8) -> HTTPConnectionPool:
     """A persistent connection pool; treq's default keeps only 2 per host."""
     pool = HTTPConnectionPool(reactor, persistent=True)
