@@ -19,7 +19,7 @@ into the same wall.
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import etcd
 from twisted.internet import defer
@@ -292,7 +292,7 @@ class ReplicationController:
             self._check_running()
             try:
                 outcome = yield self._retrying(
-                    f"watching {self.mapper.src_prefix!r} from index {self.index + 1}",
+                    lambda: f"watching {self.mapper.src_prefix!r} from index {self.index + 1}",
                     "source", self.window.next)
             except etcd.EtcdEventIndexCleared as e:
                 yield self._index_cleared(e)
@@ -340,7 +340,8 @@ class ReplicationController:
     @defer.inlineCallbacks
     def _apply(self, event: Any):
         index = event.modifiedIndex
-        log.debug("event %s", describe(event))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("event %s", describe(event))
         started = time.perf_counter()
         horizon = horizon_value(self.horizon, index, self.options.horizon_slack)
         if horizon is not None:
@@ -349,7 +350,7 @@ class ReplicationController:
             self.horizon = horizon
         try:
             outcome = yield self._retrying(
-                f"applying {describe(event)}", "destination",
+                lambda: f"applying {describe(event)}", "destination",
                 lambda: self.applier.apply(event, replaying=index <= self.replay_until))
         except Divergence as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
@@ -450,8 +451,13 @@ class ReplicationController:
         return result
 
     @defer.inlineCallbacks
-    def _retrying(self, what: str, side: str, operation: Callable[[], defer.Deferred]):
-        """Run ``operation`` until it succeeds or fails for a non-transient reason."""
+    def _retrying(self, what: Union[str, Callable[[], str]], side: str,
+                  operation: Callable[[], defer.Deferred]):
+        """Run ``operation`` until it succeeds or fails for a non-transient reason.
+
+        ``what`` names the operation in logs; it may be a callable, so that the
+        hot path does not format a message that is only needed on errors.
+        """
         backoff = self.backoff_factory()
         previous_state = None
         while True:
@@ -469,6 +475,8 @@ class ReplicationController:
                 if previous_state is None:
                     previous_state = self.status.state
                 self.status.state = st.RETRYING
+                if callable(what):
+                    what = what()
                 log.warning("%s failed: %s; retrying in %.1fs", what, e, delay)
                 try:
                     yield self._interruptibly(_sleep(self.clock, delay))
@@ -476,7 +484,8 @@ class ReplicationController:
                     self._check_running()
                 continue
             if previous_state is not None:
-                log.info("%s: recovered after %d retries", what, backoff.attempts)
+                log.info("%s: recovered after %d retries",
+                         what() if callable(what) else what, backoff.attempts)
                 if self.status.state == st.RETRYING:
                     self.status.state = previous_state
             return result
