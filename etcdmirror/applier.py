@@ -12,6 +12,7 @@ applied before and that is fine (:data:`REPLAYED`).  Anything else is
 :class:`Divergence`.
 """
 
+import logging
 from typing import Any, Optional
 
 import etcd
@@ -19,6 +20,8 @@ from twisted.internet import defer
 
 from etcdmirror.client import EtcdClient
 from etcdmirror.keys import KeyMapper
+
+log = logging.getLogger(__name__)
 
 APPLIED = "applied"
 REPLAYED = "replayed"
@@ -45,10 +48,26 @@ class Divergence(ApplyError):
     """The destination holds something the source never had at this point."""
 
 
+class ExpiredEarly(ApplyError):
+    """A directory with a TTL expired on the destination before the source renewed it.
+
+    Destination TTLs count from when the mirror applied the node; a mirror
+    that was down or behind for longer than the TTL sees its copy expire
+    while the source's lives on.  The directory's children went with it, so
+    only a resync brings the destination back.
+    """
+
+
 def describe(event: Any) -> str:
     """One line naming the event, for logs and errors."""
     kind = "dir" if event.dir else "key"
     return f"{event.action} of {kind} {event.key!r} at index {event.modifiedIndex}"
+
+
+def _had_ttl(event: Any) -> bool:
+    """The node the event replaced carried a TTL (prevNode has ttl/expiration)."""
+    prev = getattr(event, "_prev_node", None)
+    return prev is not None and (prev.ttl is not None or prev.expiration is not None)
 
 
 def _ttl(node: Any) -> Optional[int]:
@@ -171,6 +190,19 @@ class EventApplier:
         found = yield self._current(key)
         if _matches(found, event):
             return REPLAYED
+        if found is None and event.action in ("update", "compareAndSwap") and _had_ttl(event):
+            # The destination's copy ran out on the destination's clock; the
+            # source renewed it in time.  The event says what the key is now.
+            if event.dir:
+                raise ExpiredEarly(
+                    f"{describe(event)}: the directory {key!r} already expired on the "
+                    "destination (its TTL ran out there while the mirror was behind)",
+                    event)
+            log.warning("%s: the key %r had already expired on the destination (its TTL "
+                        "ran out there while the mirror was behind); writing it again",
+                        describe(event), key)
+            yield self.destination.put(key, event.value, ttl=_ttl(event))
+            return APPLIED
         raise Divergence(
             f"{describe(event)} failed on the destination key {key!r} "
             f"({failure.getErrorMessage()}); expected "

@@ -397,11 +397,15 @@ class EtcdClient:
         cluster_id: Optional[str],
         what: str,
     ) -> None:
-        if code in (401, 403):
+        # etcd v2 answers some state errors (102 "Not a file", 104 "Not a
+        # directory", 108 "Directory not empty") with HTTP 403: the errorCode
+        # decides, the status only when there is none.
+        has_code = payload is not None and isinstance(payload.get("errorCode"), int)
+        if (code in (401, 403) and not has_code) or (has_code and payload["errorCode"] == 110):
             exc: etcd.EtcdException = etcd.EtcdInsufficientPermissions(
                 f"{what}: permission denied (HTTP {code}); check the credentials", payload
             )
-        elif payload is not None and isinstance(payload.get("errorCode"), int):
+        elif has_code:
             try:
                 etcd.EtcdError.handle(payload)
             except etcd.EtcdException as e:

@@ -27,7 +27,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from etcdmirror import guards
 from etcdmirror import status as st
-from etcdmirror.applier import APPLIED, IGNORED, ApplyError, Divergence, EventApplier, describe
+from etcdmirror.applier import (
+    APPLIED, IGNORED, ApplyError, Divergence, EventApplier, ExpiredEarly, describe)
 from etcdmirror.backoff import Backoff
 from etcdmirror.client import EtcdClient, WatchProgress, is_transient
 from etcdmirror.errors import MirrorFatal
@@ -361,6 +362,11 @@ class ReplicationController:
                     "with --on-divergence resync).") from None
             log.warning("%s Resynchronising from a snapshot (--on-divergence resync).", e)
             yield self._resync("divergence")
+            return
+        except ExpiredEarly as e:
+            self.metrics.errors.labels(kind=type(e).__name__).inc()
+            log.warning("%s Resynchronising from a snapshot.", e)
+            yield self._resync("ttl_expired")
             return
         except ApplyError as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()

@@ -197,3 +197,15 @@ def test_whole_keyspace_to_root_index_key(src, dst, mirror):
     assert dst.get("/x/y")[1]["node"]["value"] == "1"
     assert dst.get("/z")[1]["node"]["value"] == "2"
     wait_for(lambda: persisted_index(dst, "/__replication/__ROOT__") == src.index())
+
+
+def test_state_errors_answered_with_403_are_not_permission_errors(src, dst, mirrored):
+    """etcd answers 'Not a file' (102) with HTTP 403: a set of a dir that exists
+    on the destination (a replay) is recognised, not taken for bad credentials."""
+    dst.set("/replica" + PREFIX + "/d", dir=True)
+    status, body, _ = dst.set("/replica" + PREFIX + "/d", dir=True)
+    assert status == 403 and body["errorCode"] == 102  # what etcd really answers
+    src.set(PREFIX + "/d", dir=True)
+    src.set(PREFIX + "/after", "1")
+    same(src, dst)
+    assert mirrored.healthy() and "permission" not in mirrored.log()
