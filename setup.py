@@ -32,6 +32,7 @@ setup(
             "etcd-mirror = etcdmirror.cli:main",
             "etcd-mirror-demo = etcdmirror.demo:main",
             "etcd-mirror-verify = etcdmirror.cli:verify_main",
+            "etcd-mirror-freshness = etcdmirror.cli:freshness_main",
         ]
     },
     classifiers=[

@@ -46,6 +46,23 @@ def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
         raise click.BadParameter(str(e)) from None
 
 
+def _start_freshness(reactor: Any, source: Any, controller: Any, status: Any,
+                     options: Any) -> None:
+    """Heartbeat (opt-in) and the published freshness, once the reactor runs."""
+    from etcdmirror.freshness import FreshnessTracker, Heartbeat
+
+    def fresh(as_of: Any) -> None:
+        status.fresh_as_of = as_of.time
+
+    tracker = FreshnessTracker(source, controller.store, reactor, options.heartbeat_interval,
+                               lambda: controller.index, on_fresh=fresh)
+    reactor.callWhenRunning(tracker.start)
+    if options.heartbeat_key:
+        heartbeat = Heartbeat(source, options.heartbeat_key, reactor,
+                              options.heartbeat_interval)
+        reactor.callWhenRunning(heartbeat.start)
+
+
 def mapping_options(f: Callable) -> Callable:
     """What is mirrored where: shared by ``etcd-mirror`` and ``etcd-mirror-verify``."""
     decorators = [
@@ -99,6 +116,17 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
               type=click.FloatRange(min=0),
               help="Compare the replica with the source every SECONDS (0: never) and "
               "export etcdmirror_divergent_keys.")
+@click.option("--heartbeat-key", default=None, metavar="KEY",
+              help="Write the current time to this SOURCE key (under --src-prefix) every "
+              "--heartbeat-interval seconds: readers of the replica get its true age "
+              "with one GET. Opt-in: it writes to the source.")
+@click.option("--heartbeat-interval", default=5.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(0.1, 3600),
+              help="How often to write the heartbeat and to publish the replica's "
+              "freshness on the destination.")
+@click.option("--max-replica-age", default=0.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0),
+              help="/healthz answers 503 when the replica is older than this (0: never).")
 @click.option("--watch-concurrency", default=16, show_default=True, metavar="N",
               type=click.IntRange(1, 256),
               help="Watches in flight at once while catching up: up to N events per "
@@ -111,15 +139,20 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
 @cluster_arguments
 def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: str,
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
-         verify_interval: float, watch_concurrency: int, watch_idle_timeout: float,
+         verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
+         max_replica_age: float, watch_concurrency: int, watch_idle_timeout: float,
          src: Cluster, dst: Cluster) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
-    setup_logging(debug)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
+    if heartbeat_key is not None:
+        _check_heartbeat_key(heartbeat_key, mapper)
+    setup_logging(debug)
     from etcdmirror.controller import Options
     options = Options(reload=reload, auto_resync=not no_auto_resync,
                       on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout,
-                      watch_concurrency=watch_concurrency, verify_interval=verify_interval)
+                      watch_concurrency=watch_concurrency, verify_interval=verify_interval,
+                      heartbeat_key=heartbeat_key, heartbeat_interval=heartbeat_interval,
+                      max_replica_age=max_replica_age)
     sys.exit(run(src, dst, mapper, dst_prefix, port, options))
 
 
@@ -146,6 +179,74 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
     task.react(_verify, (src, dst, mapper))
 
 
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="DST is the destination cluster's URL (or comma-separated endpoints). Exit "
+    "status: 0 fresh, 1 older than --max-age or unknown, 2 usage error.",
+)
+@click.option("--max-age", required=True, metavar="SECONDS", type=click.FloatRange(min=0),
+              help="Exit 1 when the replica is older than this.")
+@click.option("--dst-prefix", default="/replica", show_default=True, callback=_prefix,
+              help="The mirror's --dst-prefix.")
+@click.option("--heartbeat-key", default=None, metavar="KEY",
+              help="The mirror's --heartbeat-key (a source key): read its replica instead "
+              "of the freshness the mirror publishes.")
+@click.option("--src-prefix", default="/", show_default=True, callback=_prefix,
+              help="The mirror's --src-prefix (with --heartbeat-key).")
+@click.option("--strip", is_flag=True, help="The mirror's --strip (with --heartbeat-key).")
+@click.version_option(__version__, "--version", message="%(version)s")
+@click.argument("dst", metavar="DST", callback=_cluster)
+def freshness_main(max_age: float, dst_prefix: str, heartbeat_key: Optional[str],
+                   src_prefix: str, strip: bool, dst: Cluster) -> None:
+    """How old is the replica? Reads only the destination; prints the age in seconds.
+
+    For scripts that act on the replica's configuration: stop acting when this
+    exits non-zero, the replica may be cut off from its source.
+    """
+    mapper = KeyMapper(src_prefix, dst_prefix, strip=strip)
+    if heartbeat_key is not None:
+        _check_heartbeat_key(heartbeat_key, mapper)
+    setup_logging(False, level=logging.WARNING)
+    from twisted.internet import task
+    task.react(_freshness, (dst, mapper, heartbeat_key, max_age))
+
+
+def _freshness(reactor: Any, dst: Cluster, mapper: KeyMapper, heartbeat_key: Optional[str],
+               max_age: float):
+    import time
+
+    from etcdmirror.client import EtcdClient
+    from etcdmirror.freshness import FreshAsOf, parse_heartbeat
+    from etcdmirror.indexstore import IndexStore
+
+    store = IndexStore(EtcdClient(dst, reactor, name="destination"), mapper)
+    key = mapper.to_dst(heartbeat_key) if heartbeat_key else store.key + ".fresh-as-of"
+
+    def report(value: Optional[str]) -> None:
+        if heartbeat_key:
+            when, what = parse_heartbeat(value), f"heartbeat {key}"
+        else:
+            fresh = FreshAsOf.decode(value) if value is not None else None
+            when = fresh.time if fresh else None
+            what = f"identical to the source up to index {fresh.index}" if fresh else ""
+        if when is None:
+            click.echo(f"unknown: no usable value in {key} on {dst.display}")
+            raise SystemExit(1)
+        age = max(0.0, time.time() - when)
+        click.echo(f"{age:.1f} s ({what}, as of {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))})")
+        if age > max_age:
+            raise SystemExit(1)
+
+    def failed(failure: Any) -> None:
+        failure.trap(Exception)
+        click.echo(f"unknown: {failure.getErrorMessage()}", err=True)
+        raise SystemExit(1)
+
+    d = store.read_optional(key)
+    d.addCallbacks(report, failed)
+    return d
+
+
 def _verify(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper):
     from etcdmirror.client import EtcdClient
     from etcdmirror.verify import verify_once
@@ -170,6 +271,21 @@ def _verify(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper):
     d = verify_once(source, destination, mapper)
     d.addCallbacks(report, failed)
     return d
+
+
+def _check_heartbeat_key(key: str, mapper: KeyMapper) -> None:
+    """The heartbeat must be a key the mirror replicates, or nobody sees it."""
+    from etcdmirror.keys import is_under
+
+    problem = None
+    if not key.startswith("/") or key.endswith("/"):
+        problem = "must be an absolute key"
+    elif key == mapper.src_prefix or not is_under(key, mapper.src_prefix):
+        problem = f"must be a key under --src-prefix {mapper.src_prefix}"
+    elif mapper.ignored(key):
+        problem = "matches --src-ignore-keys-regex, so it would never be replicated"
+    if problem:
+        raise click.BadParameter(f"{key!r} {problem}", param_hint="'--heartbeat-key'")
 
 
 def setup_logging(debug: bool, level: int = logging.INFO) -> None:
@@ -205,7 +321,8 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
 
     status = MirrorStatus(source=src.display, destination=dst.display,
                           src_prefix=mapper.src_prefix, dst_prefix=mapper.dst_prefix,
-                          index_key=mapper.index_key, version=__version__)
+                          index_key=mapper.index_key, version=__version__,
+                          max_replica_age=options.max_replica_age)
     registry = CollectorRegistry()
     metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
     # Every watch in flight holds a connection; keep them all persistent.
@@ -244,6 +361,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
         signal.signal(sig, on_signal)
 
     reactor.callWhenRunning(lambda: controller.run().addBoth(finished))
+    _start_freshness(reactor, source, controller, status, options)
     if options.verify_interval > 0:
         from etcdmirror.verify import PeriodicVerifier
 

@@ -32,6 +32,7 @@ from etcdmirror.applier import (
 from etcdmirror.backoff import Backoff
 from etcdmirror.client import EtcdClient, WatchProgress, is_transient
 from etcdmirror.errors import MirrorFatal
+from etcdmirror.freshness import parse_heartbeat
 from etcdmirror.indexstore import IndexStore, horizon_value
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
@@ -77,6 +78,12 @@ class Options:
     on_divergence: str = "fail"
     #: Compare the replica with the source every so many seconds (0: never).
     verify_interval: float = 0.0
+    #: The source key the mirror writes its heartbeat to (None: no heartbeat).
+    heartbeat_key: Optional[str] = None
+    #: How often to write the heartbeat and publish freshness (seconds).
+    heartbeat_interval: float = 5.0
+    #: /healthz is 503 when the replica is older than this (0: never).
+    max_replica_age: float = 0.0
 
 
 class ReplicationController:
@@ -394,6 +401,8 @@ class ReplicationController:
                      "that expired there first)", describe(event))
         self.status.replica_index = index
         self.status.last_event_time = self.clock.seconds()
+        if event.key == self.options.heartbeat_key and event.action in ("set", "update"):
+            self.status.heartbeat_time = parse_heartbeat(event.value)
 
     @defer.inlineCallbacks
     def _index_cleared(self, error: Exception):

@@ -55,6 +55,17 @@ class Metrics:
         last_event = Gauge(
             "last_event_timestamp_seconds", "When the last event was applied", **ns)
         last_event.set_function(lambda: status.last_event_time or 0.0)
+        nan = float("nan")
+        lag_seconds = Gauge(
+            "lag_seconds", "Age of the last --heartbeat-key value the replica has "
+            "(NaN: no heartbeat)", **ns)
+        lag_seconds.set_function(
+            lambda: nan if status.heartbeat_age is None else status.heartbeat_age)
+        replica_age = Gauge(
+            "replica_age_seconds", "Seconds since the replica was last known identical "
+            "to the source's quorum state (NaN: not yet known)", **ns)
+        replica_age.set_function(
+            lambda: nan if status.replica_age is None else status.replica_age)
         divergent = Gauge(
             "divergent_keys", "Keys that differ from the source in the last periodic "
             "verify (NaN: not verified)", **ns)

@@ -36,6 +36,12 @@ class MirrorStatus:
     last_error: Optional[str] = None
     last_error_time: Optional[float] = None
     last_event_time: Optional[float] = None
+    #: Source time of the last heartbeat applied to the destination.
+    heartbeat_time: Optional[float] = None
+    #: The destination was identical to the source's quorum state at this time.
+    fresh_as_of: Optional[float] = None
+    #: /healthz turns 503 when the replica is older than this (0: never).
+    max_replica_age: float = 0.0
     #: Keys found different by the last periodic verify (None: not checked).
     divergent_keys: Optional[int] = None
     last_verify_time: Optional[float] = None
@@ -48,8 +54,32 @@ class MirrorStatus:
         return max(0, self.source_index - self.replica_index)
 
     @property
+    def heartbeat_age(self) -> Optional[float]:
+        """Seconds since the source wrote the last heartbeat the replica has."""
+        if self.heartbeat_time is None:
+            return None
+        return max(0.0, self.clock() - self.heartbeat_time)
+
+    @property
+    def replica_age(self) -> Optional[float]:
+        """Seconds since the replica was last known identical to the source."""
+        ages = [a for a in (self.heartbeat_age, self._fresh_age) if a is not None]
+        return min(ages) if ages else None
+
+    @property
+    def _fresh_age(self) -> Optional[float]:
+        return None if self.fresh_as_of is None else max(0.0, self.clock() - self.fresh_as_of)
+
+    @property
+    def stale(self) -> bool:
+        if self.max_replica_age <= 0:
+            return False
+        age = self.replica_age
+        return age is None or age > self.max_replica_age
+
+    @property
     def healthy(self) -> bool:
-        return self.state == REPLICATING
+        return self.state == REPLICATING and not self.stale
 
     def saw_source_index(self, index: Optional[int]) -> None:
         if index is not None and index > self.source_index:
@@ -72,6 +102,10 @@ class MirrorStatus:
             "lag": self.lag,
             "last_event_time": self.last_event_time,
             "divergent_keys": self.divergent_keys,
+            "heartbeat_time": self.heartbeat_time,
+            "fresh_as_of": self.fresh_as_of,
+            "replica_age_seconds": self.replica_age,
+            "stale": self.stale,
             "last_verify_time": self.last_verify_time,
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,

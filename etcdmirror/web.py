@@ -19,7 +19,7 @@ INDEX_TEXT = b"""etcd-mirror
 /lag: Replication lag (in term of etcd indexes)
 /metrics: metrics in a format useful for prometheus
 /status: replication state, indexes and last error (JSON)
-/healthz: 200 when replicating normally, 503 otherwise
+/healthz: 200 when replicating normally and fresh, 503 otherwise
 """
 
 
@@ -71,7 +71,8 @@ class HealthResource(_Leaf):
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         if not self.status.healthy:
             request.setResponseCode(503)
-            return f"{self.status.state}\n".encode()
+            why = "stale" if self.status.state == "replicating" else self.status.state
+            return f"{why}\n".encode()
         return b"ok\n"
 
 

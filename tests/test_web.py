@@ -75,3 +75,17 @@ def test_nothing_changes_state_over_http():
             assert type(e).__name__ == "UnsupportedMethod"
         else:
             assert request.responseCode == 405
+
+
+def test_healthz_is_503_when_the_replica_is_stale():
+    status, _, root = make()
+    status.state = st.REPLICATING
+    status.max_replica_age = 10
+    status.clock = lambda: 1000.0
+    assert render(root, "healthz")[0] == 503          # age unknown
+    status.fresh_as_of = 995.0
+    assert render(root, "healthz") == (200, b"ok\n")
+    status.fresh_as_of = 980.0
+    assert render(root, "healthz") == (503, b"stale\n")
+    status.heartbeat_time = 999.0                      # a recent heartbeat counts too
+    assert render(root, "healthz") == (200, b"ok\n")

@@ -1,0 +1,130 @@
+"""How old is the replica: heartbeat, published freshness, etcd-mirror-freshness,
+/healthz turning 503 when stale.  Real etcd, plus the timers on a fake clock."""
+
+import json
+import subprocess
+import sys
+import time
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from etcdmirror.client import WatchProgress
+from etcdmirror.freshness import FreshAsOf, FreshnessTracker, Heartbeat
+from tests.helpers import wait_for
+
+PREFIX = "/conftool"
+IMAGE = "/replica/conftool"
+FRESH_KEY = "/__replication/replica.fresh-as-of"
+
+
+def freshness(*args):
+    return subprocess.run(
+        [sys.executable, "-c", "from etcdmirror.cli import freshness_main; "
+         "freshness_main(prog_name='etcd-mirror-freshness')", *args],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_heartbeat_replicates_and_gives_the_age(src, dst, mirror):
+    src.set(PREFIX + "/a", "1")
+    m = mirror(src.url, dst.url, "--reload", "--src-prefix", PREFIX,
+               "--heartbeat-key", PREFIX + "/heartbeat", "--heartbeat-interval", "0.2")
+    wait_for(lambda: dst.get(IMAGE + "/heartbeat")[0] == 200)
+    value = float(dst.get(IMAGE + "/heartbeat")[1]["node"]["value"])
+    assert abs(time.time() - value) < 30
+    wait_for(lambda: 0 <= m.metric("etcdmirror_lag_seconds") < 30)
+    result = freshness("--max-age", "30", "--heartbeat-key", PREFIX + "/heartbeat",
+                       "--src-prefix", PREFIX, dst.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "heartbeat /replica/conftool/heartbeat" in result.stdout
+
+
+def test_published_freshness_and_a_cut_off_source(src, dst, mirror, etcd_src):
+    src.set(PREFIX + "/a", "1")
+    m = mirror(src.url, dst.url, "--reload", "--src-prefix", PREFIX,
+               "--heartbeat-interval", "0.2", "--max-replica-age", "2")
+    wait_for(lambda: dst.get(FRESH_KEY)[0] == 200)
+    doc = json.loads(dst.get(FRESH_KEY)[1]["node"]["value"])
+    assert doc["index"] >= 1 and abs(time.time() - doc["time"]) < 30
+    assert freshness("--max-age", "30", dst.url).returncode == 0
+    wait_for(lambda: m.status()["replica_age_seconds"] is not None)
+    assert m.healthy()
+    # The source is cut off: the replica only gets older.
+    etcd_src.stop()
+    try:
+        wait_for(lambda: freshness("--max-age", "2", dst.url).returncode == 1, timeout=20,
+                 message="freshness reporting a stale replica")
+        wait_for(lambda: not m.healthy(), timeout=20, message="/healthz 503")
+        assert m.status()["replica_age_seconds"] > 2
+    finally:
+        etcd_src.restart()
+    wait_for(m.healthy, timeout=30, message="fresh again once the source is back")
+
+
+def test_unknown_freshness_exits_1(dst):
+    result = freshness("--max-age", "100", dst.url)
+    assert result.returncode == 1 and "unknown" in result.stdout
+
+
+def test_heartbeat_key_must_be_replicated():
+    for args in (["--src-prefix", "/a", "--heartbeat-key", "/b/hb"],
+                 ["--src-prefix", "/a", "--heartbeat-key", "/a/hb",
+                  "--src-ignore-keys-regex", "/a/h.*"]):
+        result = subprocess.run([sys.executable, "-m", "etcdmirror", *args, "http://h:1",
+                                 "http://h:2"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and "--heartbeat-key" in result.stderr
+
+
+class FakeSource:
+    def __init__(self):
+        self.puts, self.index = [], 10
+
+    def put(self, key, value=None, **kw):
+        self.puts.append((key, value))
+        return defer.succeed(None)
+
+    def probe(self, quorum=False):
+        assert quorum
+        return defer.succeed(WatchProgress(self.index, None))
+
+
+class FakeStore:
+    key = "/__replication/r"
+
+    def __init__(self):
+        self.puts = []
+
+    def put(self, key, value):
+        self.puts.append((key, value))
+        return defer.succeed(None)
+
+
+def test_heartbeat_beats_every_interval():
+    clock, source = Clock(), FakeSource()
+    hb = Heartbeat(source, "/a/hb", clock, 5.0, wall=lambda: 1000.0 + clock.seconds())
+    hb.start()
+    assert source.puts == [("/a/hb", "1000.000")]
+    clock.advance(5)
+    assert source.puts[-1] == ("/a/hb", "1005.000") and len(source.puts) == 2
+    hb.stop()
+    clock.advance(50)
+    assert len(source.puts) == 2
+
+
+def test_freshness_waits_until_the_quorum_index_is_applied():
+    clock, source, store = Clock(), FakeSource(), FakeStore()
+    applied = [5]
+    seen = []
+    tracker = FreshnessTracker(source, store, clock, 1.0, lambda: applied[0],
+                               on_fresh=seen.append, wall=lambda: 100.0 + clock.seconds())
+    tracker.start()                      # t=0: quorum index 10, only 5 applied
+    assert tracker.fresh_as_of is None and store.puts == []
+    applied[0] = 10
+    source.index = 12
+    clock.advance(1)                     # t=1: index 10 (read at t=0) is applied
+    assert seen[0] == FreshAsOf(100.0, 10)
+    assert store.puts == [("/__replication/r.fresh-as-of", FreshAsOf(100.0, 10).encode())]
+    applied[0] = 12
+    clock.advance(1)                     # t=2: index 12 (read at t=1) applied, and 12 again
+    assert tracker.fresh_as_of == FreshAsOf(102.0, 12)
+    assert abs(tracker.age() - 0.0) < 1e-9
