@@ -362,6 +362,14 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
 
     reactor.callWhenRunning(lambda: controller.run().addBoth(finished))
     _start_freshness(reactor, source, controller, status, options)
+    from etcdmirror.sdnotify import Notifier, SystemdReporter
+    notifier = Notifier()
+    systemd = SystemdReporter(
+        notifier, status, reactor,
+        current_within=lambda: max(notifier.watchdog_seconds or 0.0,
+                                   2 * options.heartbeat_interval + options.watch_idle_timeout))
+    reactor.callWhenRunning(systemd.start)
+    reactor.addSystemEventTrigger("before", "shutdown", systemd.stop)
     if options.verify_interval > 0:
         from etcdmirror.verify import PeriodicVerifier
 
