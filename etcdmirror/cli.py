@@ -135,17 +135,23 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
               type=click.FloatRange(0.1, 600),
               help="Re-register a watch that saw no event for this long, to learn the "
               "source's current index.")
+@click.option("--check-config", is_flag=True,
+              help="Validate the options and exit 0, without connecting to anything.")
 @click.version_option(__version__, "--version", message="%(version)s")
 @cluster_arguments
 def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: str,
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_idle_timeout: float,
-         src: Cluster, dst: Cluster) -> None:
+         check_config: bool, src: Cluster, dst: Cluster) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
     if heartbeat_key is not None:
         _check_heartbeat_key(heartbeat_key, mapper)
+    if check_config:
+        click.echo(f"configuration ok: {src.display}{mapper.src_prefix} -> "
+                   f"{dst.display}{mapper.dst_root} (index {mapper.index_key})")
+        return
     setup_logging(debug)
     from etcdmirror.controller import Options
     options = Options(reload=reload, auto_resync=not no_auto_resync,

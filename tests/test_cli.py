@@ -77,3 +77,14 @@ def test_version_and_help():
 def test_missing_arguments():
     result = run("http://h:1")
     assert result.returncode == 2 and "DST" in result.stderr
+
+
+def test_check_config_validates_without_connecting(listener):
+    url, sock = listener
+    result = run("--check-config", "--strip", "--src-prefix", "/conftool", "--dst-prefix",
+                 "/conftool", url, url)
+    assert result.returncode == 0, result.stderr
+    assert "configuration ok" in result.stdout and "/__replication/conftool" in result.stdout
+    result = run("--check-config", "--src-prefix", "relative", url, url)
+    assert result.returncode == 2 and "--src-prefix" in result.stderr
+    assert_no_connection(sock)
