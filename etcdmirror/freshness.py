@@ -24,11 +24,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror.client import EtcdClient
 from etcdmirror.indexstore import IndexStore
+from etcdmirror.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,13 @@ class Heartbeat:
         self.interval = interval
         self.wall = wall
         self.failures = 0
-        self._loop: Optional[task.LoopingCall] = None
+        self._periodic = Periodic(clock, self.beat)
 
     def start(self) -> None:
-        self._loop = task.LoopingCall(self.beat)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True)
+        self._periodic.start(self.interval)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        self._periodic.stop()
 
     @defer.inlineCallbacks
     def beat(self):
@@ -113,20 +111,17 @@ class FreshnessTracker:
         self.fresh_as_of: Optional[FreshAsOf] = None
         self._pending: Optional[FreshAsOf] = None
         self._published: Optional[FreshAsOf] = None
-        self._loop: Optional[task.LoopingCall] = None
+        self._periodic = Periodic(clock, self.check)
 
     @property
     def key(self) -> str:
         return self.store.key + ".fresh-as-of"
 
     def start(self) -> None:
-        self._loop = task.LoopingCall(self.check)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=True)
+        self._periodic.start(self.interval)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        self._periodic.stop()
 
     def age(self) -> Optional[float]:
         if self.fresh_as_of is None:

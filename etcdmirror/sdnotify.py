@@ -13,10 +13,10 @@ import os
 import socket
 from typing import Callable, Dict, Optional
 
-from twisted.internet import task
 from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror import status as st
+from etcdmirror.periodic import Periodic
 
 
 class Notifier:
@@ -63,20 +63,17 @@ class SystemdReporter:
         self.clock = clock
         self.current_within = current_within
         self.ready = False
-        self._loop: Optional[task.LoopingCall] = None
+        self._periodic = Periodic(clock, self.tick)
 
     def start(self, interval: float = 1.0) -> None:
         if not self.notifier.enabled:
             return
         if self.notifier.watchdog_seconds:
             interval = min(interval, self.notifier.watchdog_seconds / 3)
-        self._loop = task.LoopingCall(self.tick)
-        self._loop.clock = self.clock
-        self._loop.start(interval, now=True)
+        self._periodic.start(interval)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        self._periodic.stop()
         self.notifier.send("STOPPING=1")
 
     def alive(self) -> bool:

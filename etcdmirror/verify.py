@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror.client import EtcdClient
 from etcdmirror.keys import KeyMapper
+from etcdmirror.periodic import Periodic
 from etcdmirror.resync import NodeState, make_plan, snapshot
 
 log = logging.getLogger(__name__)
@@ -85,16 +86,13 @@ class PeriodicVerifier:
         self.applied_index = applied_index
         self.report = report
         self.catch_up_timeout = catch_up_timeout
-        self._loop: Optional[task.LoopingCall] = None
+        self._periodic = Periodic(clock, self._round_logged)
 
     def start(self, interval: float) -> None:
-        self._loop = task.LoopingCall(self._round_logged)
-        self._loop.clock = self.clock
-        self._loop.start(interval, now=False)
+        self._periodic.start(interval, now=False)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        self._periodic.stop()
 
     @defer.inlineCallbacks
     def _round_logged(self):

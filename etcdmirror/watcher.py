@@ -26,11 +26,12 @@ events pass.
 import logging
 from typing import Callable, Dict, Optional
 
-from twisted.internet import defer, task
+from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from etcdmirror.client import Answer, EtcdClient, PendingWatch, WatchProgress
+from etcdmirror.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class WatchWindow:
         self._empty: Dict[int, WatchProgress] = {}
         self._waiter: Optional[defer.Deferred] = None
         self._error: Optional[Failure] = None
-        self._probe: Optional[task.LoopingCall] = None
+        self._probe = Periodic(clock, self._probe_once)
 
     # -- the caller's side ----------------------------------------------------
 
@@ -213,16 +214,11 @@ class WatchWindow:
     # -- the index probe --------------------------------------------------------
 
     def _start_probe(self) -> None:
-        if self.probe_interval <= 0 or (self._probe is not None and self._probe.running):
-            return
-        self._probe = task.LoopingCall(self._probe_once)
-        self._probe.clock = self.clock
-        self._probe.start(self.probe_interval, now=False)
+        if self.probe_interval > 0:
+            self._probe.start(self.probe_interval, now=False)
 
     def _stop_probe(self) -> None:
-        if self._probe is not None and self._probe.running:
-            self._probe.stop()
-        self._probe = None
+        self._probe.stop()
 
     @defer.inlineCallbacks
     def _probe_once(self):

@@ -15,7 +15,7 @@ import urllib.request
 import uuid
 from typing import Any, Callable, Dict, Optional, Tuple
 
-__all__ = ["V2", "wait_for", "wait_same", "persisted_index", "TreeReader"]
+__all__ = ["V2", "wait_for", "wait_same", "persisted_index", "TreeReader", "run_command"]
 
 Response = Tuple[int, Any, Any]  # (status, json body or raw text, headers)
 
@@ -273,3 +273,19 @@ class TreeReader(threading.Thread):
     def stop(self) -> None:
         self.done.set()
         self.join(10)
+
+
+def run_command(function: str, *args: str, timeout: float = 60.0):
+    """Run one of etcdmirror.cli's commands (``verify_main``...) as a real process.
+
+    Through ``python -c`` rather than the console script, so that it works
+    from a source checkout as well as from an installed package.
+    """
+    import subprocess
+    import sys
+
+    prog = "etcd-mirror-" + function.replace("_main", "")
+    return subprocess.run(
+        [sys.executable, "-c", f"from etcdmirror.cli import {function}; "
+         f"{function}(prog_name={prog!r})", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)

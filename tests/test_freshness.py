@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 
 from etcdmirror.client import WatchProgress
 from etcdmirror.freshness import FreshAsOf, FreshnessTracker, Heartbeat
-from tests.helpers import wait_for
+from tests.helpers import run_command, wait_for
 
 PREFIX = "/conftool"
 IMAGE = "/replica/conftool"
@@ -19,10 +19,7 @@ FRESH_KEY = "/__replication/replica.fresh-as-of"
 
 
 def freshness(*args):
-    return subprocess.run(
-        [sys.executable, "-c", "from etcdmirror.cli import freshness_main; "
-         "freshness_main(prog_name='etcd-mirror-freshness')", *args],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return run_command("freshness_main", *args)
 
 
 def test_heartbeat_replicates_and_gives_the_age(src, dst, mirror):

@@ -1,20 +1,15 @@
 """etcd-mirror-verify and the daemon's periodic verify, on real etcd."""
 
-import subprocess
-import sys
 
 from etcdmirror.localetcd import free_port
-from tests.helpers import wait_for
+from tests.helpers import run_command, wait_for
 
 PREFIX = "/conftool"
 IMAGE = "/replica/conftool"
 
 
 def verify(*args):
-    return subprocess.run(
-        [sys.executable, "-c", "from etcdmirror.cli import verify_main; "
-         "verify_main(prog_name='etcd-mirror-verify')", *args],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    return run_command("verify_main", *args)
 
 
 def test_identical_trees_exit_0(src, dst):
