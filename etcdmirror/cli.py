@@ -8,7 +8,6 @@ starts and dies.  Exit statuses: 0 clean stop, 1 needs an operator (systemd:
 
 import logging
 import re
-import signal
 import sys
 from typing import Any, Callable, List, Optional
 
@@ -19,10 +18,6 @@ from etcdmirror.endpoints import Cluster, EndpointError, parse_cluster
 from etcdmirror.keys import KeyMapper, PrefixError, compile_ignore, normalize_prefix
 
 log = logging.getLogger("etcdmirror")
-
-#: How long a stop may wait for the request in hand before giving up on it.
-STOP_GRACE_SECONDS = 4.0
-
 
 def _prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
@@ -44,23 +39,6 @@ def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
         return parse_cluster(value)
     except EndpointError as e:
         raise click.BadParameter(str(e)) from None
-
-
-def _start_freshness(reactor: Any, source: Any, controller: Any, status: Any,
-                     options: Any) -> None:
-    """Heartbeat (opt-in) and the published freshness, once the reactor runs."""
-    from etcdmirror.freshness import FreshnessTracker, Heartbeat
-
-    def fresh(as_of: Any) -> None:
-        status.fresh_as_of = as_of.time
-
-    tracker = FreshnessTracker(source, controller.store, reactor, options.heartbeat_interval,
-                               lambda: controller.index, on_fresh=fresh)
-    reactor.callWhenRunning(tracker.start)
-    if options.heartbeat_key:
-        heartbeat = Heartbeat(source, options.heartbeat_key, reactor,
-                              options.heartbeat_interval)
-        reactor.callWhenRunning(heartbeat.start)
 
 
 def mapping_options(f: Callable) -> Callable:
@@ -159,6 +137,7 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
                       watch_concurrency=watch_concurrency, verify_interval=verify_interval,
                       heartbeat_key=heartbeat_key, heartbeat_interval=heartbeat_interval,
                       max_replica_age=max_replica_age)
+    from etcdmirror.daemon import run
     sys.exit(run(src, dst, mapper, dst_prefix, port, options))
 
 
@@ -310,85 +289,3 @@ def setup_logging(debug: bool, level: int = logging.INFO) -> None:
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(STDLibLogObserver(), [predicate])],
         redirectStandardIO=False, discardBuffer=True)
-
-
-def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port: int,
-        options: Any) -> int:
-    """Wire the mirror together on the global reactor and run it; returns the exit code."""
-    from prometheus_client import CollectorRegistry
-    from twisted.internet import reactor
-    from twisted.internet.error import CannotListenError
-
-    from etcdmirror.client import EtcdClient, make_pool
-    from etcdmirror.controller import ReplicationController
-    from etcdmirror.metrics import Metrics
-    from etcdmirror.status import MirrorStatus
-    from etcdmirror.web import make_site
-
-    status = MirrorStatus(source=src.display, destination=dst.display,
-                          src_prefix=mapper.src_prefix, dst_prefix=mapper.dst_prefix,
-                          index_key=mapper.index_key, version=__version__,
-                          max_replica_age=options.max_replica_age)
-    registry = CollectorRegistry()
-    metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
-    # Every watch in flight holds a connection; keep them all persistent.
-    source = EtcdClient(src, reactor, make_pool(reactor, options.watch_concurrency + 4),
-                        name="source")
-    destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination")
-    controller = ReplicationController(source, destination, mapper, status, metrics,
-                                       reactor, options)
-    try:
-        listening = reactor.listenTCP(port, make_site(status, registry))
-    except CannotListenError as e:
-        log.critical("cannot serve the HTTP interface on port %d: %s", port, e.socketError)
-        return 1
-    log.info("etcd-mirror %s: %s%s -> %s%s; HTTP interface on port %d", __version__,
-             src.display, mapper.src_prefix, dst.display, mapper.dst_root,
-             listening.getHost().port)
-
-    exit_code: List[int] = []
-
-    def finished(code: int) -> None:
-        exit_code.append(code)
-        if reactor.running:
-            reactor.stop()
-
-    def shutdown(signum: int) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        controller.stop()
-        # Never hang on a request in hand: what was not acknowledged is
-        # simply replayed at the next start.
-        reactor.callLater(STOP_GRACE_SECONDS, finished, 0)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        reactor.callFromThread(shutdown, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    reactor.callWhenRunning(lambda: controller.run().addBoth(finished))
-    _start_freshness(reactor, source, controller, status, options)
-    from etcdmirror.sdnotify import Notifier, SystemdReporter
-    notifier = Notifier()
-    systemd = SystemdReporter(
-        notifier, status, reactor,
-        current_within=lambda: max(notifier.watchdog_seconds or 0.0,
-                                   2 * options.heartbeat_interval + options.watch_idle_timeout))
-    reactor.callWhenRunning(systemd.start)
-    reactor.addSystemEventTrigger("before", "shutdown", systemd.stop)
-    if options.verify_interval > 0:
-        from etcdmirror.verify import PeriodicVerifier
-
-        def report(found: List[Any]) -> None:
-            status.divergent_keys = len(found)
-            status.last_verify_time = reactor.seconds()
-            for difference in found[:20]:
-                log.warning("verify: %s", difference.describe())
-            if found:
-                log.warning("verify: %d keys differ from the source", len(found))
-
-        verifier = PeriodicVerifier(source, destination, mapper, reactor,
-                                    lambda: controller.index, report)
-        reactor.callWhenRunning(verifier.start, options.verify_interval)
-    reactor.run(installSignalHandlers=False)
-    return exit_code[0] if exit_code else 0

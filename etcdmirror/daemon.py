@@ -1,0 +1,119 @@
+"""The daemon: wires clients, controller, HTTP interface and side jobs together.
+
+Everything is built here and passed in; nothing is module-level state.  The
+command line (:mod:`etcdmirror.cli`) only parses and validates.
+"""
+
+import logging
+import signal
+from typing import Any, List
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.error import CannotListenError
+
+from etcdmirror import __version__
+from etcdmirror.client import EtcdClient, make_pool
+from etcdmirror.controller import Options, ReplicationController
+from etcdmirror.endpoints import Cluster
+from etcdmirror.freshness import FreshnessTracker, Heartbeat
+from etcdmirror.keys import KeyMapper
+from etcdmirror.metrics import Metrics
+from etcdmirror.sdnotify import Notifier, SystemdReporter
+from etcdmirror.status import MirrorStatus
+from etcdmirror.verify import PeriodicVerifier
+from etcdmirror.web import make_site
+
+log = logging.getLogger("etcdmirror")
+
+#: How long a stop may wait for the request in hand before giving up on it.
+STOP_GRACE_SECONDS = 4.0
+
+
+def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port: int,
+        options: Options) -> int:
+    """Wire the mirror together on the global reactor and run it; returns the exit code."""
+    from twisted.internet import reactor
+
+    status = MirrorStatus(source=src.display, destination=dst.display,
+                          src_prefix=mapper.src_prefix, dst_prefix=mapper.dst_prefix,
+                          index_key=mapper.index_key, version=__version__,
+                          max_replica_age=options.max_replica_age)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
+    # Every watch in flight holds a connection; keep them all persistent.
+    source = EtcdClient(src, reactor, make_pool(reactor, options.watch_concurrency + 4),
+                        name="source")
+    destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination")
+    controller = ReplicationController(source, destination, mapper, status, metrics,
+                                       reactor, options)
+    try:
+        listening = reactor.listenTCP(port, make_site(status, registry))
+    except CannotListenError as e:
+        log.critical("cannot serve the HTTP interface on port %d: %s", port, e.socketError)
+        return 1
+    log.info("etcd-mirror %s: %s%s -> %s%s; HTTP interface on port %d", __version__,
+             src.display, mapper.src_prefix, dst.display, mapper.dst_root,
+             listening.getHost().port)
+
+    exit_code: List[int] = []
+
+    def finished(code: int) -> None:
+        exit_code.append(code)
+        if reactor.running:
+            reactor.stop()
+
+    def shutdown(signum: int) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        controller.stop()
+        # Never hang on a request in hand: what was not acknowledged is
+        # simply replayed at the next start.
+        reactor.callLater(STOP_GRACE_SECONDS, finished, 0)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(shutdown, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    reactor.callWhenRunning(lambda: controller.run().addBoth(finished))
+    _start_side_jobs(reactor, source, destination, mapper, controller, status, options)
+    reactor.run(installSignalHandlers=False)
+    return exit_code[0] if exit_code else 0
+
+
+def _start_side_jobs(reactor: Any, source: EtcdClient, destination: EtcdClient,
+                     mapper: KeyMapper, controller: ReplicationController,
+                     status: MirrorStatus, options: Options) -> None:
+    """Freshness, the opt-in heartbeat, systemd notify and the periodic verify."""
+
+    def fresh(as_of: Any) -> None:
+        status.fresh_as_of = as_of.time
+
+    tracker = FreshnessTracker(source, controller.store, reactor, options.heartbeat_interval,
+                               lambda: controller.index, on_fresh=fresh)
+    reactor.callWhenRunning(tracker.start)
+    if options.heartbeat_key:
+        heartbeat = Heartbeat(source, options.heartbeat_key, reactor,
+                              options.heartbeat_interval)
+        reactor.callWhenRunning(heartbeat.start)
+
+    notifier = Notifier()
+    systemd = SystemdReporter(
+        notifier, status, reactor,
+        current_within=lambda: max(notifier.watchdog_seconds or 0.0,
+                                   2 * options.heartbeat_interval + options.watch_idle_timeout))
+    reactor.callWhenRunning(systemd.start)
+    reactor.addSystemEventTrigger("before", "shutdown", systemd.stop)
+
+    if options.verify_interval > 0:
+        def report(found: List[Any]) -> None:
+            status.divergent_keys = len(found)
+            status.last_verify_time = reactor.seconds()
+            for difference in found[:20]:
+                log.warning("verify: %s", difference.describe())
+            if found:
+                log.warning("verify: %d keys differ from the source", len(found))
+
+        verifier = PeriodicVerifier(source, destination, mapper, reactor,
+                                    lambda: controller.index, report)
+        reactor.callWhenRunning(verifier.start, options.verify_interval)
