@@ -40,6 +40,9 @@ from etcdmirror.endpoints import Cluster, Endpoint
 #: value; a recursive snapshot of a big prefix is larger, so be generous).
 MAX_BODY = 512 * 1024 * 1024
 
+#: How long a watch answer that has started may take to complete.
+BODY_STALL_SECONDS = 30.0
+
 #: A key nobody writes: reading it is the cheapest way to learn the index.
 PROBE_KEY = "/__etcd_mirror_index_probe"
 
@@ -96,14 +99,23 @@ class PendingWatch:
         The abort happens one reactor turn later, so that bytes already on
         the socket (an event sent just before, or while the process was
         stopped) are read first: a watch is only "pending" if its body is
-        empty after that.
+        empty after that.  A body that has started is given
+        :data:`BODY_STALL_SECONDS` to complete; one that never does (a broken
+        proxy) fails the watch, which is then retried at the same index.
         """
-        clock.callLater(0, self._finish_now)
+        clock.callLater(0, self._finish_now, clock)
 
-    def _finish_now(self) -> None:
+    def _finish_now(self, clock: Any) -> None:
+        if self._collector is None or self.result.called:
+            return
+        if self._collector.size == 0:
+            self._collector.abort("idle")
+        else:
+            clock.callLater(BODY_STALL_SECONDS, self._abort_stalled)
+
+    def _abort_stalled(self) -> None:
         if self._collector is not None and not self.result.called:
-            if self._collector.size == 0:
-                self._collector.abort("idle")
+            self._collector.abort(f"the answer stalled for {BODY_STALL_SECONDS:g}s")
 
     def cancel(self) -> None:
         self.result.cancel()

@@ -148,3 +148,21 @@ def test_cancel_closes_every_watch_and_timer():
     assert failures and failures[0].check(defer.CancelledError)
     assert source.open() == []
     assert not [c for c in clock.getDelayedCalls() if c.active()]
+
+
+def test_a_watch_answer_that_stalls_midway_fails_the_watch():
+    """A body that starts but never ends (a broken proxy) must not hang the mirror."""
+    clock, source = Clock(), FakeSource()
+    w = window(clock, source, concurrency=1)
+    failures = []
+    w.next().addErrback(failures.append)
+    source.register(42, 100)
+    watch = source.watches[42]
+    aborted = []
+    watch._collector.size = 17                    # part of an event arrived
+    watch._collector.abort = aborted.append
+    clock.advance(5)                              # idle timer: not pending, has a body
+    clock.advance(0)
+    assert aborted == []
+    clock.advance(30)
+    assert aborted and "stalled" in aborted[0]
