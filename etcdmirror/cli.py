@@ -61,7 +61,50 @@ def mapping_options(f: Callable) -> Callable:
 
 def cluster_arguments(f: Callable) -> Callable:
     f = click.argument("dst", metavar="DST", callback=_cluster)(f)
-    return click.argument("src", metavar="SRC", callback=_cluster)(f)
+    f = click.argument("src", metavar="SRC", callback=_cluster)(f)
+    for side in ("dst", "src"):
+        f = click.option(
+            f"--{side}-credentials-file", type=click.Path(dir_okay=False), default=None,
+            metavar="FILE",
+            help=f"Read 'user:password' for {side.upper()} from FILE (or from "
+            f"${CREDENTIALS_ENV[side]}) instead of the URL, so that the password is "
+            "not in the process list.")(f)
+    return f
+
+
+#: Environment variables that may carry 'user:password' for each side.
+CREDENTIALS_ENV = {"src": "ETCDMIRROR_SRC_CREDENTIALS", "dst": "ETCDMIRROR_DST_CREDENTIALS"}
+
+
+def with_credentials(cluster: Cluster, side: str, path: Optional[str]) -> Cluster:
+    """Credentials from a file or the environment; a usage error when unusable.
+
+    The file's content and the password are never echoed, only its path.
+    """
+    import dataclasses
+    import os
+
+    flag = f"--{side}-credentials-file"
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise click.BadParameter(f"cannot read {path!r}: {e.strerror}",
+                                     param_hint=f"'{flag}'") from None
+        origin = f"{path!r}"
+    elif os.environ.get(CREDENTIALS_ENV[side]):
+        text, origin = os.environ[CREDENTIALS_ENV[side]], f"${CREDENTIALS_ENV[side]}"
+    else:
+        return cluster
+    user, sep, password = text.partition(":")
+    if not sep or not user:
+        raise click.BadParameter(f"{origin} must hold 'user:password'",
+                                 param_hint=f"'{flag}'")
+    if cluster.username is not None:
+        raise click.BadParameter(f"credentials are given both in the URL and in {origin}",
+                                 param_hint=f"'{flag}'")
+    return dataclasses.replace(cluster, username=user, password=password)
 
 
 URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
@@ -83,6 +126,8 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
 @mapping_options
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port of the HTTP interface (/lag, /metrics, /status, /healthz).")
+@click.option("--listen-address", default="", metavar="ADDRESS",
+              help="Address the HTTP interface binds to (default: all), e.g. 127.0.0.1.")
 @click.option("--no-auto-resync", is_flag=True,
               help="When the source's event history no longer holds our index, exit 1 "
               "instead of resynchronising from a snapshot.")
@@ -121,8 +166,11 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_idle_timeout: float,
-         check_config: bool, src: Cluster, dst: Cluster) -> None:
+         check_config: bool, listen_address: str, src_credentials_file: Optional[str],
+         dst_credentials_file: Optional[str], src: Cluster, dst: Cluster) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
+    src = with_credentials(src, "src", src_credentials_file)
+    dst = with_credentials(dst, "dst", dst_credentials_file)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
     if heartbeat_key is not None:
         _check_heartbeat_key(heartbeat_key, mapper)
@@ -136,7 +184,7 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
                       on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout,
                       watch_concurrency=watch_concurrency, verify_interval=verify_interval,
                       heartbeat_key=heartbeat_key, heartbeat_interval=heartbeat_interval,
-                      max_replica_age=max_replica_age)
+                      max_replica_age=max_replica_age, listen_address=listen_address)
     from etcdmirror.daemon import run
     sys.exit(run(src, dst, mapper, dst_prefix, port, options))
 
@@ -151,6 +199,7 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
 @click.version_option(__version__, "--version", message="%(version)s")
 @cluster_arguments
 def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, ignore: Any,
+                src_credentials_file: Optional[str], dst_credentials_file: Optional[str],
                 src: Cluster, dst: Cluster) -> None:
     """Compare the replica with a quorum snapshot of the source and print differences.
 
@@ -158,6 +207,8 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
     (not TTLs). Run it while the source is quiet for an exact answer: events in
     flight show up as differences.
     """
+    src = with_credentials(src, "src", src_credentials_file)
+    dst = with_credentials(dst, "dst", dst_credentials_file)
     setup_logging(debug, level=logging.WARNING)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
     from twisted.internet import task
@@ -179,15 +230,20 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
 @click.option("--src-prefix", default="/", show_default=True, callback=_prefix,
               help="The mirror's --src-prefix (with --heartbeat-key).")
 @click.option("--strip", is_flag=True, help="The mirror's --strip (with --heartbeat-key).")
+@click.option("--dst-credentials-file", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE", help="Read 'user:password' for DST from FILE (or from "
+              "$ETCDMIRROR_DST_CREDENTIALS).")
 @click.version_option(__version__, "--version", message="%(version)s")
 @click.argument("dst", metavar="DST", callback=_cluster)
 def freshness_main(max_age: float, dst_prefix: str, heartbeat_key: Optional[str],
-                   src_prefix: str, strip: bool, dst: Cluster) -> None:
+                   src_prefix: str, strip: bool, dst_credentials_file: Optional[str],
+                   dst: Cluster) -> None:
     """How old is the replica? Reads only the destination; prints the age in seconds.
 
     For scripts that act on the replica's configuration: stop acting when this
     exits non-zero, the replica may be cut off from its source.
     """
+    dst = with_credentials(dst, "dst", dst_credentials_file)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip)
     if heartbeat_key is not None:
         _check_heartbeat_key(heartbeat_key, mapper)

@@ -44,6 +44,7 @@ MAX_BODY = 512 * 1024 * 1024
 BODY_STALL_SECONDS = 30.0
 
 #: A key nobody writes: reading it is the cheapest way to learn the index.
+#: Hidden (a leading "_"): never listed in a recursive read, never watched.
 PROBE_KEY = "/__etcd_mirror_index_probe"
 
 #: errorCodes that mean "try again", not "you asked for something wrong".
@@ -191,8 +192,12 @@ class EtcdClient:
         pool: Optional[HTTPConnectionPool] = None,
         timeout: float = 10.0,
         name: str = "etcd",
+        probe_key: str = PROBE_KEY,
     ) -> None:
         self.cluster = cluster
+        #: The missing key :meth:`probe` reads: somewhere the credentials may
+        #: read (a role limited to the prefix cannot read outside it).
+        self.probe_key = probe_key
         self.reactor = reactor
         self.timeout = timeout
         self.name = name
@@ -292,7 +297,7 @@ class EtcdClient:
         :class:`WatchProgress` (an index and a cluster id, nothing more).
         """
         try:
-            answer = yield self.get(PROBE_KEY, quorum=quorum)
+            answer = yield self.get(self.probe_key, quorum=quorum)
         except etcd.EtcdKeyNotFound as e:
             return WatchProgress(e.etcd_index, e.cluster_id)
         return WatchProgress(answer.etcd_index, answer.cluster_id)

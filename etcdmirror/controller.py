@@ -84,6 +84,8 @@ class Options:
     heartbeat_interval: float = 5.0
     #: /healthz is 503 when the replica is older than this (0: never).
     max_replica_age: float = 0.0
+    #: Address the HTTP interface binds to ("": all, as 0.0.12 did).
+    listen_address: str = ""
 
 
 class ReplicationController:
@@ -142,11 +144,12 @@ class ReplicationController:
         except _Stopping:
             pass
         except MirrorFatal as e:
-            self._shutdown_io()
-            self.status.state = st.FAILED
-            self.status.error(str(e))
-            log.critical("%s", e)
-            return EXIT_OPERATOR
+            return self._failed(str(e))
+        except etcd.EtcdException as e:
+            # Not transient and not expected: bad credentials, a role without
+            # the permission, an answer we cannot use.  The message names the
+            # request and the endpoint.
+            return self._failed(f"{e}; replication stopped, last applied index {self.index}")
         except Exception as e:  # a bug: say so loudly, let systemd restart us
             self._shutdown_io()
             self.status.state = st.FAILED
@@ -162,6 +165,13 @@ class ReplicationController:
         else:
             log.info("stopped; last applied index %d", self.index)
         return EXIT_OK
+
+    def _failed(self, message: str) -> int:
+        self._shutdown_io()
+        self.status.state = st.FAILED
+        self.status.error(message)
+        log.critical("%s", message)
+        return EXIT_OPERATOR
 
     def stop(self) -> None:
         """Ask the loop to stop after the event in hand; interrupts waits."""

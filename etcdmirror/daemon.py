@@ -16,7 +16,7 @@ from etcdmirror.client import EtcdClient, make_pool
 from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.endpoints import Cluster
 from etcdmirror.freshness import FreshnessTracker, Heartbeat
-from etcdmirror.keys import KeyMapper
+from etcdmirror.keys import KeyMapper, probe_key
 from etcdmirror.metrics import Metrics
 from etcdmirror.sdnotify import Notifier, SystemdReporter
 from etcdmirror.status import MirrorStatus
@@ -42,18 +42,21 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
     # Every watch in flight holds a connection; keep them all persistent.
     source = EtcdClient(src, reactor, make_pool(reactor, options.watch_concurrency + 4),
-                        name="source")
-    destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination")
+                        name="source", probe_key=probe_key(mapper.src_prefix))
+    destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination",
+                             probe_key=mapper.index_key + ".probe")
     controller = ReplicationController(source, destination, mapper, status, metrics,
                                        reactor, options)
     try:
-        listening = reactor.listenTCP(port, make_site(status, registry))
+        listening = reactor.listenTCP(port, make_site(status, registry),
+                                      interface=options.listen_address)
     except CannotListenError as e:
         log.critical("cannot serve the HTTP interface on port %d: %s", port, e.socketError)
         return 1
-    log.info("etcd-mirror %s: %s%s -> %s%s; HTTP interface on port %d", __version__,
+    log.info("etcd-mirror %s: %s%s -> %s%s; HTTP interface on port %d%s", __version__,
              src.display, mapper.src_prefix, dst.display, mapper.dst_root,
-             listening.getHost().port)
+             listening.getHost().port,
+             f" (address {options.listen_address})" if options.listen_address else "")
 
     exit_code: List[int] = []
 

@@ -54,6 +54,15 @@ def index_key(dst_prefix: str) -> str:
     return INDEX_ROOT + ("/__ROOT__" if dst == "/" else dst)
 
 
+def probe_key(prefix: str) -> str:
+    """A hidden, never-written key under ``prefix`` whose read tells the index.
+
+    Under the prefix, so that credentials limited to it may read it; hidden
+    (``_``), so that recursive reads and watches never see it.
+    """
+    return _base(normalize_prefix(prefix)) + "/__etcd_mirror_index_probe"
+
+
 def compile_ignore(regex: Optional[str]) -> Optional[Pattern[str]]:
     """Compile ``--src-ignore-keys-regex`` (raises ``re.error`` when invalid)."""
     if regex is None or regex == "":
