@@ -396,12 +396,11 @@ class EtcdClient:
             raise BadResponse(f"{what}: HTTP {code} without an etcd node: {_excerpt(body)}")
         if etcd_index is None:
             raise BadResponse(f"{what}: answer without X-Etcd-Index header")
-        try:
-            result = etcd.EtcdResult(
-                action=payload["action"], node=payload["node"], prevNode=payload.get("prevNode")
-            )
-        except (TypeError, KeyError, AttributeError) as e:
-            raise BadResponse(f"{what}: malformed node: {e}") from None
+        problem = _malformed(payload)
+        if problem:
+            raise BadResponse(f"{what}: malformed answer ({problem}): {_excerpt(body)}")
+        result = etcd.EtcdResult(
+            action=payload["action"], node=payload["node"], prevNode=payload.get("prevNode"))
         result.etcd_index = etcd_index
         return Answer(result, etcd_index, cluster_id)
 
@@ -451,6 +450,42 @@ def forward_to(result: Any, target: defer.Deferred) -> None:
             target.errback(result)
         else:
             target.callback(result)
+    return None
+
+
+#: The node fields the mirror relies on, and the types etcd gives them.
+_NODE_FIELDS = {"key": str, "value": str, "dir": bool, "ttl": int, "expiration": str,
+                "modifiedIndex": int, "createdIndex": int, "nodes": list}
+
+
+def _malformed(payload: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with an answer's structure, or None when it is usable.
+
+    Checked here, once, so that nothing downstream (ordering, applying,
+    diffing) ever meets a missing index or a value of the wrong type.
+    """
+    if not isinstance(payload.get("action"), str):
+        return "no action"
+    prev = payload.get("prevNode")
+    if prev is not None and not isinstance(prev, dict):
+        return "prevNode is not an object"
+    stack = [payload["node"]] + ([prev] if prev is not None else [])
+    top = True
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            return "a node is not an object"
+        for field, kind in _NODE_FIELDS.items():
+            value = node.get(field)
+            if value is not None and (not isinstance(value, kind)
+                                      or (kind is int and isinstance(value, bool))):
+                return f"{field} is not a {kind.__name__}"
+        if "key" not in node and not (top and node.get("dir")):
+            return "a node without key"
+        if top and not isinstance(node.get("modifiedIndex", 0), int):
+            return "no modifiedIndex"
+        stack.extend(node.get("nodes") or ())
+        top = False
     return None
 
 

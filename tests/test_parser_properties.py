@@ -1,0 +1,84 @@
+"""Hostile or broken answers never escape as anything but an etcd error type.
+
+Property tests of the client's answer parser: whatever bytes, status and
+headers arrive (junk, truncated JSON, HTML error pages, wrong types, huge
+values), the result is a usable :class:`Answer` or an ``EtcdException``
+(:class:`BadResponse`/:class:`EtcdUnavailable` are retried, the others stop
+the mirror with the cause); never a KeyError, TypeError or AttributeError
+in the middle of the reactor.
+"""
+
+import json
+
+import etcd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from etcdmirror.client import Answer, EtcdClient
+from etcdmirror.endpoints import parse_cluster
+
+CLIENT = EtcdClient(parse_cluster("http://127.0.0.1:1"), Clock(), pool=object(), name="src")
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
+                    st.text(max_size=20))
+json_values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=20)
+node_like = st.fixed_dictionaries({}, optional={
+    "key": st.one_of(st.text(max_size=20), scalars), "value": scalars,
+    "dir": scalars, "ttl": scalars, "modifiedIndex": scalars, "createdIndex": scalars,
+    "nodes": st.one_of(scalars, st.lists(json_values, max_size=3)),
+})
+payloads = st.fixed_dictionaries({}, optional={
+    "action": st.one_of(st.sampled_from(["set", "delete", "get", "expire"]), scalars),
+    "node": st.one_of(node_like, json_values), "prevNode": st.one_of(node_like, scalars),
+    "errorCode": st.one_of(st.sampled_from([100, 101, 102, 105, 110, 300, 401]), scalars),
+    "message": scalars, "cause": scalars, "index": scalars,
+})
+
+
+def parse(body, code, etcd_index):
+    try:
+        answer = CLIENT._parse(body, code, etcd_index, "cid", "GET '/k' on src")
+    except etcd.EtcdException as e:
+        assert "GET '/k' on src" in str(e)
+        return None
+    assert isinstance(answer, Answer)
+    event = answer.result
+    assert isinstance(event.action, str) and isinstance(event.modifiedIndex, (int, type(None)))
+    list(event.get_subtree())  # a usable tree, whatever the nesting
+    return answer
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=st.binary(max_size=300), code=st.integers(100, 599),
+       etcd_index=st.one_of(st.none(), st.integers(0, 2**40)))
+def test_any_bytes(body, code, etcd_index):
+    parse(body, code, etcd_index)
+
+
+@settings(max_examples=600, deadline=None)
+@given(payload=payloads, code=st.sampled_from([200, 201, 400, 401, 403, 404, 412, 500, 503]),
+       etcd_index=st.one_of(st.none(), st.integers(0, 2**40)))
+def test_any_json_shape(payload, code, etcd_index):
+    parse(json.dumps(payload).encode(), code, etcd_index)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cut=st.integers(0, 200))
+def test_truncated_bodies(cut):
+    body = json.dumps({"action": "set", "node": {"key": "/a", "value": "x" * 100,
+                                                 "modifiedIndex": 7}}).encode()
+    answer = parse(body[:cut], 200, 7)
+    assert answer is None or cut >= len(body)
+
+
+def test_well_formed_answers_parse():
+    body = json.dumps({"action": "compareAndSwap",
+                       "node": {"key": "/a", "value": "2", "modifiedIndex": 9, "ttl": 5},
+                       "prevNode": {"key": "/a", "value": "1", "modifiedIndex": 8}}).encode()
+    answer = parse(body, 200, 9)
+    assert answer.result.value == "2" and answer.result._prev_node.value == "1"
+    assert parse(b"<html><body>502 Bad Gateway</body></html>", 502, None) is None
+    assert parse(b"", 200, 5) is None
