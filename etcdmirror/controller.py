@@ -438,7 +438,8 @@ class ReplicationController:
         try:
             report = yield self._retrying(
                 f"resync ({reason})", "source",
-                lambda: resync(self.source, self.destination, self.mapper))
+                lambda: resync(self.source, self.destination, self.mapper,
+                               retry=self._retrying))
         except etcd.EtcdException as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             raise MirrorFatal(f"resync ({reason}) failed: {e}") from None

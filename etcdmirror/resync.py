@@ -14,7 +14,7 @@ from which replication continues.
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import etcd
 from twisted.internet import defer
@@ -154,25 +154,45 @@ def snapshot(client: EtcdClient, key: str, quorum: bool = True):
     return Snapshot(flatten(answer.result), answer.etcd_index, answer.cluster_id)
 
 
+#: How a resync runs each request: ``retry(what, side, operation)``.  The
+#: controller passes its retrying wrapper, so that one transient error costs
+#: one request again, not the whole resync from a new snapshot.
+Retry = Callable[[str, str, Callable[[], defer.Deferred]], defer.Deferred]
+
+
+def _once(what: str, side: str, operation: Callable[[], defer.Deferred]) -> defer.Deferred:
+    return operation()
+
+
 @defer.inlineCallbacks
-def execute(plan: Plan, destination: EtcdClient) -> defer.Deferred:
-    """Carry out a plan: writes parents-first, then deletes."""
+def execute(plan: Plan, destination: EtcdClient, retry: Retry = _once) -> defer.Deferred:
+    """Carry out a plan: writes parents-first, then deletes.  Every step is idempotent."""
     for key, node, have in plan.writes:
         if have is not None and have.dir != node.dir:
             # A file became a dir or the other way round: etcd v2 cannot
             # change a node's type in place.
-            yield _delete_quietly(destination, key, have)
+            yield retry(f"resync: deleting {key!r}", "destination",
+                        lambda: _delete_quietly(destination, key, have))
         if node.dir:
-            if have is not None and have.dir:
-                yield destination.put(key, dir=True, ttl=node.ttl, prev_exist=True)
-            else:
-                yield destination.put(key, dir=True, ttl=node.ttl)
+            yield retry(f"resync: writing directory {key!r}", "destination",
+                        lambda: _write_dir(destination, key, node.ttl))
         else:
-            yield destination.put(key, node.value, ttl=node.ttl)
+            yield retry(f"resync: writing {key!r}", "destination",
+                        lambda: destination.put(key, node.value, ttl=node.ttl))
         log.debug("resync: wrote %r", key)
     for key, node in plan.deletes:
-        yield _delete_quietly(destination, key, node)
+        yield retry(f"resync: deleting {key!r}", "destination",
+                    lambda: _delete_quietly(destination, key, node))
         log.debug("resync: deleted %r", key)
+
+
+@defer.inlineCallbacks
+def _write_dir(destination: EtcdClient, key: str, ttl: Optional[int]):
+    """Create the directory, or set its TTL when it exists (a retry may find it)."""
+    try:
+        yield destination.put(key, dir=True, ttl=ttl)
+    except etcd.EtcdNotFile:
+        yield destination.put(key, dir=True, ttl=ttl, prev_exist=True)
 
 
 @defer.inlineCallbacks
@@ -184,10 +204,13 @@ def _delete_quietly(destination: EtcdClient, key: str, node: NodeState):
 
 
 @defer.inlineCallbacks
-def resync(source: EtcdClient, destination: EtcdClient, mapper: KeyMapper):
+def resync(source: EtcdClient, destination: EtcdClient, mapper: KeyMapper,
+           retry: Retry = _once):
     """Reconcile the destination image of the source prefix; fires with a report."""
-    src = yield snapshot(source, mapper.src_prefix)
-    dst = yield snapshot(destination, mapper.dst_root)
+    src = yield retry(f"resync: reading the source under {mapper.src_prefix!r}", "source",
+                      lambda: snapshot(source, mapper.src_prefix))
+    dst = yield retry(f"resync: reading the destination under {mapper.dst_root!r}",
+                      "destination", lambda: snapshot(destination, mapper.dst_root))
     plan = make_plan(src.nodes, dst.nodes, mapper)
     log.info(
         "resync: source has %d nodes under %s at index %d; writing %d, deleting %d "
@@ -195,6 +218,6 @@ def resync(source: EtcdClient, destination: EtcdClient, mapper: KeyMapper):
         len(src.nodes), mapper.src_prefix, src.etcd_index, len(plan.writes),
         len(plan.deletes), mapper.dst_root,
     )
-    yield execute(plan, destination)
+    yield execute(plan, destination, retry)
     return ResyncReport(src.etcd_index, src.cluster_id, len(src.nodes),
                         len(plan.writes), len(plan.deletes))
