@@ -187,7 +187,7 @@ class EventApplier:
     def _check_replay(self, failure: Any, event: Any, key: str, *expected: type):
         """After a failed condition: was the event applied already?"""
         failure.trap(*expected)
-        found = yield self._current(key)
+        found = yield self.destination.get_or_none(key)
         if _matches(found, event):
             return REPLAYED
         if found is None and event.action in ("update", "compareAndSwap") and _had_ttl(event):
@@ -210,14 +210,6 @@ class EventApplier:
             "was changed by something other than this mirror.",
             event,
         )
-
-    @defer.inlineCallbacks
-    def _current(self, key: str):
-        try:
-            answer = yield self.destination.get(key)
-        except etcd.EtcdKeyNotFound:
-            return None
-        return answer.result
 
 
 #: What a destination that is ahead of a replayed event answers.

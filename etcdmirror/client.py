@@ -289,6 +289,15 @@ class EtcdClient:
         return watch
 
     @defer.inlineCallbacks
+    def get_or_none(self, key: str):
+        """The node at ``key`` (an :class:`etcd.EtcdResult`), or None when it does not exist."""
+        try:
+            answer = yield self.get(key)
+        except etcd.EtcdKeyNotFound:
+            return None
+        return answer.result
+
+    @defer.inlineCallbacks
     def probe(self, quorum: bool = False):
         """The store's index and cluster id now, from a read of a missing key.
 

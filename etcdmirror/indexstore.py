@@ -68,11 +68,8 @@ class IndexStore:
     @defer.inlineCallbacks
     def read_optional(self, key: str):
         """The value of ``key``, or None when it does not exist."""
-        try:
-            answer = yield self.destination.get(key)
-        except etcd.EtcdKeyNotFound:
-            return None
-        return answer.result.value
+        node = yield self.destination.get_or_none(key)
+        return node.value if node is not None else None
 
     def put(self, key: str, value: str) -> defer.Deferred:
         return self.destination.put(key, value)
