@@ -20,13 +20,13 @@ setup(
     python_requires=">=3.9",
     # Lower bounds are Debian bookworm's packages: the daemon must run on them.
     install_requires=[
-        "twisted>=22.4",
+        "twisted[tls]>=22.4",
         "treq>=22.2",
         "python-etcd>=0.4.5",
         "prometheus-client>=0.16",
         "click>=8.1",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "trustme>=0.9"]},
     entry_points={
         "console_scripts": [
             "etcd-mirror = etcdmirror.cli:main",

@@ -9,7 +9,7 @@ starts and dies.  Exit statuses: 0 clean stop, 1 needs an operator (systemd:
 import logging
 import re
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
 
@@ -63,6 +63,15 @@ def cluster_arguments(f: Callable) -> Callable:
     f = click.argument("dst", metavar="DST", callback=_cluster)(f)
     f = click.argument("src", metavar="SRC", callback=_cluster)(f)
     for side in ("dst", "src"):
+        for name, what in (("key-file", "The private key of --{side}-cert-file (default: "
+                                        "in the same file)."),
+                           ("cert-file", "Client certificate (PEM) to show {SIDE} (mutual "
+                                         "TLS)."),
+                           ("ca-file", "CA certificates (PEM) to verify {SIDE}'s server "
+                                       "certificate with (default: the system's).")):
+            f = click.option(f"--{side}-{name}", type=click.Path(dir_okay=False), default=None,
+                             metavar="FILE",
+                             help=what.format(side=side, SIDE=side.upper()))(f)
         f = click.option(
             f"--{side}-credentials-file", type=click.Path(dir_okay=False), default=None,
             metavar="FILE",
@@ -70,6 +79,26 @@ def cluster_arguments(f: Callable) -> Callable:
             f"${CREDENTIALS_ENV[side]}) instead of the URL, so that the password is "
             "not in the process list.")(f)
     return f
+
+
+def resolve_side(cluster: Cluster, side: str, options: Dict[str, Any]) -> Tuple[Cluster, Any]:
+    """Credentials and TLS of one side: the cluster to use and its TLS policy (or None)."""
+    cluster = with_credentials(cluster, side, options.pop(f"{side}_credentials_file", None))
+    files = [options.pop(f"{side}_{name}", None) for name in ("ca_file", "cert_file", "key_file")]
+    if not any(files):
+        return cluster, None
+    from etcdmirror.tls import TLSConfigError, TLSFiles
+
+    if files[2] and not files[1]:
+        raise click.BadParameter("a key without a certificate", param_hint=f"'--{side}-key-file'")
+    if not all(e.scheme == "https" for e in cluster.endpoints):
+        raise click.BadParameter(f"TLS files given but {side.upper()} is not https://",
+                                 param_hint=f"'--{side}-ca-file'")
+    try:
+        return cluster, TLSFiles(*files).policy()
+    except TLSConfigError as e:
+        raise click.BadParameter(f"cannot use the TLS files: {e}",
+                                 param_hint=f"'--{side}-ca-file'/'--{side}-cert-file'") from None
 
 
 #: Environment variables that may carry 'user:password' for each side.
@@ -166,11 +195,11 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_idle_timeout: float,
-         check_config: bool, listen_address: str, src_credentials_file: Optional[str],
-         dst_credentials_file: Optional[str], src: Cluster, dst: Cluster) -> None:
+         check_config: bool, listen_address: str, src: Cluster, dst: Cluster,
+         **sides: Any) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
-    src = with_credentials(src, "src", src_credentials_file)
-    dst = with_credentials(dst, "dst", dst_credentials_file)
+    src, src_tls = resolve_side(src, "src", sides)
+    dst, dst_tls = resolve_side(dst, "dst", sides)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
     if heartbeat_key is not None:
         _check_heartbeat_key(heartbeat_key, mapper)
@@ -184,7 +213,8 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
                       on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout,
                       watch_concurrency=watch_concurrency, verify_interval=verify_interval,
                       heartbeat_key=heartbeat_key, heartbeat_interval=heartbeat_interval,
-                      max_replica_age=max_replica_age, listen_address=listen_address)
+                      max_replica_age=max_replica_age, listen_address=listen_address,
+                      src_tls=src_tls, dst_tls=dst_tls)
     from etcdmirror.daemon import run
     sys.exit(run(src, dst, mapper, dst_prefix, port, options))
 
@@ -199,20 +229,19 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
 @click.version_option(__version__, "--version", message="%(version)s")
 @cluster_arguments
 def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, ignore: Any,
-                src_credentials_file: Optional[str], dst_credentials_file: Optional[str],
-                src: Cluster, dst: Cluster) -> None:
+                src: Cluster, dst: Cluster, **sides: Any) -> None:
     """Compare the replica with a quorum snapshot of the source and print differences.
 
     Takes the same options as etcd-mirror; compares presence, dir-ness and value
     (not TTLs). Run it while the source is quiet for an exact answer: events in
     flight show up as differences.
     """
-    src = with_credentials(src, "src", src_credentials_file)
-    dst = with_credentials(dst, "dst", dst_credentials_file)
+    src, src_tls = resolve_side(src, "src", sides)
+    dst, dst_tls = resolve_side(dst, "dst", sides)
     setup_logging(debug, level=logging.WARNING)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
     from twisted.internet import task
-    task.react(_verify, (src, dst, mapper))
+    task.react(_verify, (src, dst, mapper, src_tls, dst_tls))
 
 
 @click.command(
@@ -288,12 +317,13 @@ def _freshness(reactor: Any, dst: Cluster, mapper: KeyMapper, heartbeat_key: Opt
     return d
 
 
-def _verify(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper):
+def _verify(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper, src_tls: Any,
+            dst_tls: Any):
     from etcdmirror.client import EtcdClient
     from etcdmirror.verify import verify_once
 
-    source = EtcdClient(src, reactor, name="source")
-    destination = EtcdClient(dst, reactor, name="destination")
+    source = EtcdClient(src, reactor, name="source", tls=src_tls)
+    destination = EtcdClient(dst, reactor, name="destination", tls=dst_tls)
 
     def report(found: List[Any]) -> None:
         for difference in found:

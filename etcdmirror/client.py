@@ -55,6 +55,10 @@ class EtcdUnavailable(etcd.EtcdConnectionFailed):
     """The request did not get an answer we can act on; it is worth retrying."""
 
 
+class TLSError(etcd.EtcdException):
+    """The TLS handshake failed: an unknown CA, a wrong host name, a refused client cert."""
+
+
 class BadResponse(EtcdUnavailable):
     """Something answered, but not with an etcd v2 response (proxy page, junk)."""
 
@@ -193,6 +197,7 @@ class EtcdClient:
         timeout: float = 10.0,
         name: str = "etcd",
         probe_key: str = PROBE_KEY,
+        tls: Optional[Any] = None,
     ) -> None:
         self.cluster = cluster
         #: The missing key :meth:`probe` reads: somewhere the credentials may
@@ -204,7 +209,8 @@ class EtcdClient:
         self._endpoint_no = 0
         self._pool = pool if pool is not None else make_pool(reactor)
         self._http = treq.client.HTTPClient(
-            Agent(reactor, pool=self._pool, connectTimeout=timeout)
+            Agent(reactor, pool=self._pool, connectTimeout=timeout,
+                  **({"contextFactory": tls} if tls is not None else {}))
         )
 
     @property
@@ -357,6 +363,11 @@ class EtcdClient:
         return d
 
     def _transport_failed(self, failure: Failure, what: str) -> Failure:
+        tls_problem = _tls_problem(failure.value)
+        if tls_problem is not None:
+            # Retrying cannot fix a certificate: stop with the reason.
+            raise TLSError(f"{what}: TLS failed: {tls_problem}; check the CA file, the "
+                           "certificate and that the URL's host name is in it")
         self.next_endpoint()
         cause = failure.value
         if failure.check(defer.CancelledError):
@@ -526,6 +537,21 @@ def _header_int(response: Any, name: bytes) -> Optional[int]:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _tls_problem(exc: BaseException) -> Optional[str]:
+    """The TLS error inside a transport failure (Twisted nests them), if any."""
+    reasons = getattr(exc, "reasons", None)
+    if reasons:
+        for reason in reasons:
+            found = _tls_problem(reason.value)
+            if found:
+                return found
+        return None
+    module = type(exc).__module__ or ""
+    if module.startswith(("OpenSSL", "service_identity", "ssl")) or "SSL" in type(exc).__name__:
+        return _describe_exception(exc)
+    return None
 
 
 def _describe_exception(exc: BaseException) -> str:

@@ -86,6 +86,9 @@ class Options:
     max_replica_age: float = 0.0
     #: Address the HTTP interface binds to ("": all, as 0.0.12 did).
     listen_address: str = ""
+    #: TLS policies (IPolicyForHTTPS) per side; None: the system's trust store.
+    src_tls: Any = None
+    dst_tls: Any = None
 
 
 class ReplicationController:

@@ -42,9 +42,10 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
     # Every watch in flight holds a connection; keep them all persistent.
     source = EtcdClient(src, reactor, make_pool(reactor, options.watch_concurrency + 4),
-                        name="source", probe_key=probe_key(mapper.src_prefix))
+                        name="source", probe_key=probe_key(mapper.src_prefix),
+                        tls=options.src_tls)
     destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination",
-                             probe_key=mapper.index_key + ".probe")
+                             probe_key=mapper.index_key + ".probe", tls=options.dst_tls)
     controller = ReplicationController(source, destination, mapper, status, metrics,
                                        reactor, options)
     try:

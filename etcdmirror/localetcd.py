@@ -25,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 __all__ = ["free_port", "LocalEtcd", "LocalEtcdCluster"]
 
@@ -74,9 +74,9 @@ def _etcd_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
 
 
-def _http_ok(url: str, timeout: float) -> bool:
+def _http_ok(url: str, timeout: float, context: Any = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             resp.read()
             return resp.status == 200
     except (OSError, urllib.error.URLError, ValueError):
@@ -131,10 +131,19 @@ class LocalEtcd:
         data_dir: Optional[str] = None,
         binary: str = "etcd",
         extra_args: Sequence[str] = (),
+        tls: Optional[Tuple[str, str]] = None,
+        client_ca: Optional[str] = None,
+        probe_cert: Optional[Tuple[str, str]] = None,
     ) -> None:
+        """``tls=(cert_file, key_file)`` serves clients over HTTPS; with
+        ``client_ca`` clients must also present a certificate signed by it
+        (``probe_cert`` is then the one the readiness checks use)."""
         self.name = name
         self.binary = binary
         self.extra_args = list(extra_args)
+        self.tls = tls
+        self.client_ca = client_ca
+        self.probe_cert = probe_cert
         self._data_dir = data_dir
         # Only a directory we created ourselves is ever deleted.
         self._own_data_dir = data_dir is None
@@ -162,7 +171,7 @@ class LocalEtcd:
     @property
     def url(self) -> str:
         """Client URL, e.g. ``http://127.0.0.1:40123`` (valid while stopped too)."""
-        return "http://127.0.0.1:%d" % self.client_port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.client_port)
 
     @property
     def peer_url(self) -> str:
@@ -260,6 +269,10 @@ class LocalEtcd:
         ]
         if self._cluster_token is not None:
             args += ["--initial-cluster-token", self._cluster_token]
+        if self.tls:
+            args += ["--cert-file", self.tls[0], "--key-file", self.tls[1]]
+        if self.client_ca:
+            args += ["--client-cert-auth", "--trusted-ca-file", self.client_ca]
         # Last, so callers can override any of the above.
         return args + self.extra_args
 
@@ -304,8 +317,17 @@ class LocalEtcd:
             )
 
     def _probe(self, timeout: float) -> bool:
-        return _http_ok(self.url + "/version", timeout) and _http_ok(
-            self.url + "/v2/keys/", timeout
+        context = None
+        if self.tls:
+            import ssl
+            # Readiness only: whether the server answers, not whom it claims to be.
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            if self.probe_cert:
+                context.load_cert_chain(*self.probe_cert)
+        return _http_ok(self.url + "/version", timeout, context) and _http_ok(
+            self.url + "/v2/keys/", timeout, context
         )
 
     def _signal(self, sig: int) -> None:

@@ -118,3 +118,13 @@ def test_credentials_in_url_and_file_is_a_usage_error(credentials_file):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "both in the URL" in result.stderr
     assert PASSWORD not in result.stderr
+
+
+def test_credentials_in_the_url_as_0_0_12(secured, mirror):
+    src, dst = secured
+    src.set("/conftool/a", "1")
+    with_password = lambda url: url.replace("http://", f"http://root:{PASSWORD}@")  # noqa
+    m = mirror(with_password(src.url), with_password(dst.url), "--reload",
+               "--src-prefix", "/conftool")
+    wait_for(lambda: dst.get("/replica/conftool/a")[0] == 200)
+    assert PASSWORD not in m.log() + m.metrics() + json.dumps(m.status())

@@ -65,3 +65,8 @@ def test_5xx_endpoint_is_skipped(src, dst, mirror, broken_endpoint):
     wait_for(lambda: dst.get("/replica" + PREFIX + "/b")[0] == 200)
     assert "HTTP 503" in m.log()
     assert m.metric("etcdmirror_retries_total", 'side="source"') >= 1
+
+
+def test_listen_address(src, dst, mirror):
+    m = mirror(src.url, dst.url, "--reload", "--listen-address", "127.0.0.1")
+    assert "(address 127.0.0.1)" in m.log() and m.healthy()
