@@ -59,10 +59,9 @@ def mapping_options(f: Callable) -> Callable:
     return f
 
 
-def cluster_arguments(f: Callable) -> Callable:
-    f = click.argument("dst", metavar="DST", callback=_cluster)(f)
-    f = click.argument("src", metavar="SRC", callback=_cluster)(f)
-    for side in ("dst", "src"):
+def side_options(side: str) -> Callable[[Callable], Callable]:
+    """Credentials and TLS options of one side (``src`` or ``dst``)."""
+    def decorate(f: Callable) -> Callable:
         for name, what in (("key-file", "The private key of --{side}-cert-file (default: "
                                         "in the same file)."),
                            ("cert-file", "Client certificate (PEM) to show {SIDE} (mutual "
@@ -72,33 +71,19 @@ def cluster_arguments(f: Callable) -> Callable:
             f = click.option(f"--{side}-{name}", type=click.Path(dir_okay=False), default=None,
                              metavar="FILE",
                              help=what.format(side=side, SIDE=side.upper()))(f)
-        f = click.option(
+        return click.option(
             f"--{side}-credentials-file", type=click.Path(dir_okay=False), default=None,
             metavar="FILE",
             help=f"Read 'user:password' for {side.upper()} from FILE (or from "
             f"${CREDENTIALS_ENV[side]}) instead of the URL, so that the password is "
             "not in the process list.")(f)
-    return f
+    return decorate
 
 
-def resolve_side(cluster: Cluster, side: str, options: Dict[str, Any]) -> Tuple[Cluster, Any]:
-    """Credentials and TLS of one side: the cluster to use and its TLS policy (or None)."""
-    cluster = with_credentials(cluster, side, options.pop(f"{side}_credentials_file", None))
-    files = [options.pop(f"{side}_{name}", None) for name in ("ca_file", "cert_file", "key_file")]
-    if not any(files):
-        return cluster, None
-    from etcdmirror.tls import TLSConfigError, TLSFiles
-
-    if files[2] and not files[1]:
-        raise click.BadParameter("a key without a certificate", param_hint=f"'--{side}-key-file'")
-    if not all(e.scheme == "https" for e in cluster.endpoints):
-        raise click.BadParameter(f"TLS files given but {side.upper()} is not https://",
-                                 param_hint=f"'--{side}-ca-file'")
-    try:
-        return cluster, TLSFiles(*files).policy()
-    except TLSConfigError as e:
-        raise click.BadParameter(f"cannot use the TLS files: {e}",
-                                 param_hint=f"'--{side}-ca-file'/'--{side}-cert-file'") from None
+def cluster_arguments(f: Callable) -> Callable:
+    f = click.argument("dst", metavar="DST", callback=_cluster)(f)
+    f = click.argument("src", metavar="SRC", callback=_cluster)(f)
+    return side_options("src")(side_options("dst")(f))
 
 
 #: Environment variables that may carry 'user:password' for each side.
@@ -259,37 +244,34 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
 @click.option("--src-prefix", default="/", show_default=True, callback=_prefix,
               help="The mirror's --src-prefix (with --heartbeat-key).")
 @click.option("--strip", is_flag=True, help="The mirror's --strip (with --heartbeat-key).")
-@click.option("--dst-credentials-file", type=click.Path(dir_okay=False), default=None,
-              metavar="FILE", help="Read 'user:password' for DST from FILE (or from "
-              "$ETCDMIRROR_DST_CREDENTIALS).")
+@side_options("dst")
 @click.version_option(__version__, "--version", message="%(version)s")
 @click.argument("dst", metavar="DST", callback=_cluster)
 def freshness_main(max_age: float, dst_prefix: str, heartbeat_key: Optional[str],
-                   src_prefix: str, strip: bool, dst_credentials_file: Optional[str],
-                   dst: Cluster) -> None:
+                   src_prefix: str, strip: bool, dst: Cluster, **sides: Any) -> None:
     """How old is the replica? Reads only the destination; prints the age in seconds.
 
     For scripts that act on the replica's configuration: stop acting when this
     exits non-zero, the replica may be cut off from its source.
     """
-    dst = with_credentials(dst, "dst", dst_credentials_file)
+    dst, dst_tls = resolve_side(dst, "dst", sides)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip)
     if heartbeat_key is not None:
         _check_heartbeat_key(heartbeat_key, mapper)
     setup_logging(False, level=logging.WARNING)
     from twisted.internet import task
-    task.react(_freshness, (dst, mapper, heartbeat_key, max_age))
+    task.react(_freshness, (dst, mapper, heartbeat_key, max_age, dst_tls))
 
 
 def _freshness(reactor: Any, dst: Cluster, mapper: KeyMapper, heartbeat_key: Optional[str],
-               max_age: float):
+               max_age: float, dst_tls: Any):
     import time
 
     from etcdmirror.client import EtcdClient
     from etcdmirror.freshness import FreshAsOf, parse_heartbeat
     from etcdmirror.indexstore import IndexStore
 
-    store = IndexStore(EtcdClient(dst, reactor, name="destination"), mapper)
+    store = IndexStore(EtcdClient(dst, reactor, name="destination", tls=dst_tls), mapper)
     key = mapper.to_dst(heartbeat_key) if heartbeat_key else store.key + ".fresh-as-of"
 
     def report(value: Optional[str]) -> None:
@@ -357,6 +339,26 @@ def _check_heartbeat_key(key: str, mapper: KeyMapper) -> None:
         problem = "matches --src-ignore-keys-regex, so it would never be replicated"
     if problem:
         raise click.BadParameter(f"{key!r} {problem}", param_hint="'--heartbeat-key'")
+
+
+def resolve_side(cluster: Cluster, side: str, options: Dict[str, Any]) -> Tuple[Cluster, Any]:
+    """Credentials and TLS of one side: the cluster to use and its TLS policy (or None)."""
+    cluster = with_credentials(cluster, side, options.pop(f"{side}_credentials_file", None))
+    files = [options.pop(f"{side}_{name}", None) for name in ("ca_file", "cert_file", "key_file")]
+    if not any(files):
+        return cluster, None
+    from etcdmirror.tls import TLSConfigError, TLSFiles
+
+    if files[2] and not files[1]:
+        raise click.BadParameter("a key without a certificate", param_hint=f"'--{side}-key-file'")
+    if not all(e.scheme == "https" for e in cluster.endpoints):
+        raise click.BadParameter(f"TLS files given but {side.upper()} is not https://",
+                                 param_hint=f"'--{side}-ca-file'")
+    try:
+        return cluster, TLSFiles(*files).policy()
+    except TLSConfigError as e:
+        raise click.BadParameter(f"cannot use the TLS files: {e}",
+                                 param_hint=f"'--{side}-ca-file'/'--{side}-cert-file'") from None
 
 
 def setup_logging(debug: bool, level: int = logging.INFO) -> None:
