@@ -68,7 +68,7 @@ def test_divergence_resync_reconciles_and_goes_on(src, dst, mirror):
     dst.set(IMAGE + "/b", "written behind the mirror's back")
     src.set(PREFIX + "/b", "source", prevExist=False)
     wait_for(lambda: dst.tree(IMAGE) == src.tree(PREFIX))
-    assert m.metric("etcdmirror_resyncs_total", 'reason="divergence"') == 1
+    wait_for(lambda: m.metric("etcdmirror_resyncs_total", 'reason="divergence"') == 1)
     assert m.healthy()
 
 
