@@ -168,6 +168,10 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
               type=click.IntRange(1, 256),
               help="Watches in flight at once while catching up: up to N events per "
               "round trip to the source.")
+@click.option("--watch-stream/--no-watch-stream", default=True, show_default=True,
+              help="Once caught up, read events from one streaming watch (stream=true) "
+              "instead of one request per event. Turn it off behind a proxy that "
+              "buffers chunked answers.")
 @click.option("--watch-idle-timeout", default=5.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0.1, 600),
               help="Re-register a watch that saw no event for this long, to learn the "
@@ -179,8 +183,8 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
 def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: str,
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
-         max_replica_age: float, watch_concurrency: int, watch_idle_timeout: float,
-         check_config: bool, listen_address: str, src: Cluster, dst: Cluster,
+         max_replica_age: float, watch_concurrency: int, watch_stream: bool,
+         watch_idle_timeout: float, check_config: bool, listen_address: str, src: Cluster, dst: Cluster,
          **sides: Any) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
     src, src_tls = resolve_side(src, "src", sides)
@@ -196,7 +200,8 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
     from etcdmirror.controller import Options
     options = Options(reload=reload, auto_resync=not no_auto_resync,
                       on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout,
-                      watch_concurrency=watch_concurrency, verify_interval=verify_interval,
+                      watch_concurrency=watch_concurrency, watch_stream=watch_stream,
+                      verify_interval=verify_interval,
                       heartbeat_key=heartbeat_key, heartbeat_interval=heartbeat_interval,
                       max_replica_age=max_replica_age, listen_address=listen_address,
                       src_tls=src_tls, dst_tls=dst_tls)

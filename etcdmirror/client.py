@@ -16,12 +16,16 @@ Two things are deliberate:
   ``X-Etcd-Index`` that etcd sent with the response headers when it
   registered the watch.  No event under the
   prefix exists between ``waitIndex`` and that index, which is what keeps a
-  quiet prefix inside etcd's 1000-event history.
+  quiet prefix inside etcd's 1000-event history;
+* a streaming watch (:meth:`EtcdClient.stream`) hands over each event as its
+  line arrives, so a mirror that is caught up costs no request per event.
+  Whether etcd will send more than one event on it is the window's business
+  (see :mod:`etcdmirror.watcher`): this module only reports what arrived.
 """
 
 import json
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote, urlencode
 
 import etcd
@@ -53,6 +57,10 @@ TRANSIENT_ERROR_CODES = {300, 301, 400}
 
 class EtcdUnavailable(etcd.EtcdConnectionFailed):
     """The request did not get an answer we can act on; it is worth retrying."""
+
+
+class EtcdTimeout(EtcdUnavailable):
+    """No answer (not even the response headers) within the request timeout."""
 
 
 class TLSError(etcd.EtcdException):
@@ -131,6 +139,81 @@ class PendingWatch:
         self.registered.callback(etcd_index)
 
 
+@dataclass
+class StreamEnd:
+    """How a streaming watch ended without an error.
+
+    ``idle``: we stopped it after it had been quiet (see
+    :meth:`EventStream.finish`); otherwise etcd ended it.  ``events``: how
+    many events it delivered.
+    """
+
+    etcd_index: Optional[int]
+    cluster_id: Optional[str]
+    events: int
+    idle: bool
+
+
+class EventStream:
+    """A streaming watch (``stream=true``) in flight.
+
+    ``registered`` fires with the ``X-Etcd-Index`` header when etcd has
+    registered the watch; ``on_event`` is called with each event
+    (:class:`Answer`) in the order etcd sent them; ``done`` fires with
+    :class:`StreamEnd` when the response ends, or fails like any request.
+    """
+
+    def __init__(self, on_event: Callable[[Answer], None]) -> None:
+        self.on_event = on_event
+        self.registered: defer.Deferred = defer.Deferred()
+        self.done: defer.Deferred  # set by EtcdClient.stream
+        self.etcd_index: Optional[int] = None
+        self.events = 0
+        self._lines: Optional["_EventLines"] = None
+
+    def finish(self, clock: Any) -> None:
+        """Stop the stream; ``done`` fires with ``StreamEnd(idle=True)``.
+
+        As with :meth:`PendingWatch.finish`, bytes already on the socket are
+        read first, and a half-received event gets :data:`BODY_STALL_SECONDS`
+        to complete before the stream fails.
+        """
+        clock.callLater(0, self._finish_now, clock)
+
+    def _finish_now(self, clock: Any) -> None:
+        if self._lines is None or self.done.called:
+            return
+        if not self._lines.partial:
+            self._lines.abort("idle")
+        else:
+            clock.callLater(BODY_STALL_SECONDS, self._abort_stalled)
+
+    def _abort_stalled(self) -> None:
+        if self._lines is not None and not self.done.called and self._lines.partial:
+            self._lines.abort(f"an event stalled for {BODY_STALL_SECONDS:g}s")
+
+    def pause(self) -> None:
+        """Stop reading: etcd's own buffer fills and it ends the stream."""
+        if self._lines is not None and self._lines.transport is not None:
+            self._lines.transport.pauseProducing()
+
+    def resume(self) -> None:
+        if self._lines is not None and self._lines.transport is not None:
+            self._lines.transport.resumeProducing()
+
+    def cancel(self) -> None:
+        self.done.cancel()
+
+    def _on_headers(self, lines: "_EventLines", etcd_index: Optional[int]) -> None:
+        self._lines = lines
+        self.etcd_index = etcd_index
+        self.registered.callback(etcd_index)
+
+    def _event(self, answer: Answer) -> None:
+        self.events += 1
+        self.on_event(answer)
+
+
 def is_transient(failure: Union[Failure, BaseException]) -> bool:
     """True when the error is worth retrying with backoff."""
     exc = failure.value if isinstance(failure, Failure) else failure
@@ -178,6 +261,55 @@ class _Collector(Protocol):
             self.finished.errback(_Aborted(self.aborted_by))
         elif reason.check(ResponseDone, PotentialDataLoss):
             self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+class _EventLines(Protocol):
+    """Splits a streaming watch's body into events: etcd ends each with a newline."""
+
+    def __init__(self, on_line: Callable[[bytes], None], finished: defer.Deferred,
+                 limit: int) -> None:
+        self.on_line = on_line
+        self.finished = finished
+        self.limit = limit
+        self.partial = b""
+        self.aborted_by: Optional[str] = None
+        self.error: Optional[BaseException] = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.aborted_by is not None:
+            return
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                self.on_line(line)
+            except Exception as e:
+                self.error = e
+                self.abort("a bad event")
+                return
+        if len(self.partial) > self.limit:
+            self.abort("event too large")
+
+    def abort(self, why: str) -> None:
+        if self.aborted_by is None:
+            self.aborted_by = why
+            if self.transport is not None:
+                self.transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:
+        if self.finished.called:
+            return
+        if self.error is not None:
+            self.finished.errback(self.error)
+        elif self.aborted_by is not None:
+            self.finished.errback(_Aborted(self.aborted_by))
+        elif reason.check(ResponseDone, PotentialDataLoss) and not self.partial.strip():
+            self.finished.callback(None)
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.errback(_Aborted("the stream ended inside an event"))
         else:
             self.finished.errback(reason)
 
@@ -294,6 +426,24 @@ class EtcdClient:
         request.addBoth(forward_to, watch.result)
         return watch
 
+    def stream(self, key: str, wait_index: int,
+               on_event: Callable[[Answer], None]) -> EventStream:
+        """Recursive streaming watch on ``key`` from ``wait_index``.
+
+        ``on_event`` gets every event etcd sends on the stream, in order.
+        etcd v2 sends a stream only the *first* event when that event comes
+        from its history, and every later event only when the watch was
+        registered ahead of the store; :class:`~etcdmirror.watcher.WatchWindow`
+        tells the two apart with the ``X-Etcd-Index`` header.
+        """
+        stream = EventStream(on_event)
+        params = [("wait", "true"), ("recursive", "true"), ("stream", "true"),
+                  ("waitIndex", str(wait_index))]
+        request = self._request("GET", key, params, stream=stream)
+        stream.done = defer.Deferred(lambda _: request.cancel())
+        request.addBoth(forward_to, stream.done)
+        return stream
+
     @defer.inlineCallbacks
     def get_or_none(self, key: str):
         """The node at ``key`` (an :class:`etcd.EtcdResult`), or None when it does not exist."""
@@ -332,6 +482,7 @@ class EtcdClient:
         params: List[Tuple[str, str]],
         body: Optional[List[Tuple[str, str]]] = None,
         watch: Optional[PendingWatch] = None,
+        stream: Optional[EventStream] = None,
     ) -> defer.Deferred:
         endpoint = self.endpoint
         what = self._describe(method, key, endpoint)
@@ -357,7 +508,7 @@ class EtcdClient:
         d.addCallbacks(
             self._read_response,
             self._transport_failed,
-            callbackArgs=(what, watch),
+            callbackArgs=(what, watch, stream),
             errbackArgs=(what,),
         )
         return d
@@ -371,14 +522,15 @@ class EtcdClient:
         self.next_endpoint()
         cause = failure.value
         if failure.check(defer.CancelledError):
-            reason = f"no answer within {self.timeout:g}s"
-        else:
-            reason = _describe_exception(cause)
-        raise EtcdUnavailable(f"{what}: {reason}", cause=cause)
+            raise EtcdTimeout(f"{what}: no answer within {self.timeout:g}s", cause=cause)
+        raise EtcdUnavailable(f"{what}: {_describe_exception(cause)}", cause=cause)
 
-    def _read_response(self, response: Any, what: str, watch: Optional[PendingWatch]):
+    def _read_response(self, response: Any, what: str, watch: Optional[PendingWatch],
+                       stream: Optional[EventStream] = None):
         etcd_index = _header_int(response, b"x-etcd-index")
         cluster_id = _header(response, b"x-etcd-cluster-id")
+        if stream is not None and response.code == 200:
+            return self._read_stream(response, what, stream, etcd_index, cluster_id)
         finished: defer.Deferred = defer.Deferred(lambda _: collector.abort("cancelled"))
         collector = _Collector(finished, MAX_BODY)
         response.deliverBody(collector)
@@ -404,6 +556,42 @@ class EtcdClient:
         finished.addCallbacks(
             self._parse, body_failed, callbackArgs=(response.code, etcd_index, cluster_id, what)
         )
+        return finished
+
+    def _read_stream(self, response: Any, what: str, stream: EventStream,
+                     etcd_index: Optional[int], cluster_id: Optional[str]):
+        if etcd_index is None:
+            # Without the header the window cannot tell a live stream from a
+            # one-event answer out of etcd's history.
+            response.deliverBody(_Collector(defer.Deferred(), 0))
+            return defer.fail(BadResponse(f"{what}: streaming watch without X-Etcd-Index header"))
+
+        def on_line(line: bytes) -> None:
+            stream._event(self._parse(line, 200, etcd_index, cluster_id, what))
+
+        finished: defer.Deferred = defer.Deferred(lambda _: lines.abort("cancelled"))
+        lines = _EventLines(on_line, finished, MAX_BODY)
+        response.deliverBody(lines)
+        stream._on_headers(lines, etcd_index)
+
+        def ended(_: None) -> StreamEnd:
+            return StreamEnd(etcd_index, cluster_id, stream.events, idle=False)
+
+        def failed(failure: Failure):
+            if failure.check(defer.CancelledError, etcd.EtcdException):
+                return failure
+            if failure.check(_Aborted) and lines.aborted_by == "idle":
+                return StreamEnd(etcd_index, cluster_id, stream.events, idle=True)
+            if failure.check(_Aborted):
+                raise BadResponse(f"{what}: {lines.aborted_by}")
+            self.next_endpoint()
+            raise EtcdUnavailable(
+                f"{what}: connection lost while streaming: "
+                f"{_describe_exception(failure.value)}",
+                cause=failure.value,
+            )
+
+        finished.addCallbacks(ended, failed)
         return finished
 
     def _parse(

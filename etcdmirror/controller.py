@@ -55,6 +55,8 @@ class Options:
     reload: bool = False
     #: Watches in flight at once while catching up (1: one event per round trip).
     watch_concurrency: int = 16
+    #: Once caught up, watch with ``stream=true``: no request per event.
+    watch_stream: bool = True
     #: Re-register a watch that saw nothing for this long (seconds), to learn
     #: the source's X-Etcd-Index and keep the index inside etcd's history.
     watch_idle_timeout: float = 5.0
@@ -121,7 +123,8 @@ class ReplicationController:
             idle_timeout=self.options.watch_idle_timeout,
             probe_interval=self.options.index_probe_interval,
             probe_threshold=self.options.index_probe_threshold,
-            on_source_index=status.saw_source_index)
+            on_source_index=status.saw_source_index,
+            stream=self.options.watch_stream)
         #: Every event up to this source index is applied.
         self.index = 0
         self.persisted_index: Optional[int] = None

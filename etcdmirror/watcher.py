@@ -21,6 +21,28 @@ A pending watch is renewed when it was idle for ``idle_timeout`` seconds,
 and also as soon as a cheap probe of the source's index shows the cluster
 moved ``probe_threshold`` events past its registration, long before 1000
 events pass.
+
+**Streaming when caught up.**  A mirror that is caught up watches with
+``stream=true`` instead, so that it pays no request per event.  etcd v2
+treats such a stream in one of two ways, and the ``X-Etcd-Index`` of its
+headers (the store index ``S`` at registration) tells which:
+
+* if an event under the prefix with index in ``[waitIndex, S]`` is in the
+  history, etcd sends that one event and *nothing more, ever* on this
+  stream.  Its index is ``<= S``: we take it and close the stream;
+* otherwise etcd registered the watch ahead of the store, and sends every
+  later event under the prefix, in order, until it ends the stream (it does
+  when we read too slowly).  The first event's index is then ``> S``.
+
+A stream is renewed like a pending watch (idle timer, index probe); while it
+has delivered nothing it proves what a pending watch proves, and once it has
+delivered events it proves nothing beyond the last of them.  That matters:
+when etcd cannot queue an event for a stream that is not being read (its
+queue holds 100), etcd 3.4 drops the watcher *and leaves the response open*,
+silent, exactly like a quiet prefix.  The idle timer or the index probe then
+renews the stream, and the window reads on from etcd's history after the
+last event received.  When events pile up faster than they are applied, the
+stream is paused (and so, in time, dropped the same way).
 """
 
 import logging
@@ -30,7 +52,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from etcdmirror.client import Answer, EtcdClient, PendingWatch, WatchProgress
+from etcdmirror.client import (
+    Answer, EtcdClient, EtcdTimeout, EtcdUnavailable, EventStream, PendingWatch, StreamEnd, WatchProgress)
 from etcdmirror.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -49,6 +72,8 @@ class WatchWindow:
         probe_interval: float = 0.5,
         probe_threshold: int = 200,
         on_source_index: Optional[Callable[[int], None]] = None,
+        stream: bool = True,
+        max_buffered: int = 4096,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -58,7 +83,12 @@ class WatchWindow:
         self.probe_interval = probe_interval
         self.probe_threshold = probe_threshold
         self.on_source_index = on_source_index
+        self.use_stream = stream
+        self.max_buffered = max(2, max_buffered)
         self.early_renewals = 0
+        #: Streams opened, and how many of them etcd served from its history.
+        self.streams_opened = 0
+        self.streams_from_history = 0
         self._next = 1
         self._known = 0
         self._watches: Dict[int, PendingWatch] = {}
@@ -68,6 +98,13 @@ class WatchWindow:
         self._waiter: Optional[defer.Deferred] = None
         self._error: Optional[Failure] = None
         self._probe = Periodic(clock, self._probe_once)
+        self._stream: Optional[EventStream] = None
+        #: The stream's next event answers the watch at this index.
+        self._stream_at = 0
+        self._stream_from = 0
+        self._stream_last = 0
+        self._stream_timer: Optional[IDelayedCall] = None
+        self._stream_paused = False
 
     # -- the caller's side ----------------------------------------------------
 
@@ -78,6 +115,7 @@ class WatchWindow:
         self._empty.clear()
         self._error = None
         self._next = next_index
+        self._stream_at = 0
 
     def next(self) -> defer.Deferred:
         """The next event (:class:`Answer`) in index order, or progress.
@@ -104,6 +142,7 @@ class WatchWindow:
             self._cancel_timer(w)
         for watch in watches.values():
             watch.cancel()
+        self._close_stream()
         self._stop_probe()
 
     def _cancelled(self) -> None:
@@ -116,6 +155,10 @@ class WatchWindow:
         if self._next in self._results:
             answer = self._results.pop(self._next)
             self._advance(answer.result.modifiedIndex + 1)
+            if self._stream_paused and len(self._results) <= self.max_buffered // 2:
+                self._stream_paused = False
+                assert self._stream is not None
+                self._stream.resume()
             return answer
         if self._next in self._empty:
             progress = self._empty.pop(self._next)
@@ -133,10 +176,16 @@ class WatchWindow:
 
     def _fill(self) -> None:
         """Open the watches the window needs: only past ``next`` while behind."""
-        if self._error is not None:
+        if self._error is not None or self._stream is not None:
+            return  # an open stream covers everything from its position on
+        # Events a closed stream left behind cover [next, _stream_at) already.
+        start = max(self._next, self._stream_at)
+        last = max(start, min(start + self.concurrency - 1, self._known + 1))
+        if (self.use_stream and last == start and not self._watches
+                and start not in self._results and start not in self._empty):
+            self._open_stream(start)
             return
-        last = max(self._next, min(self._next + self.concurrency - 1, self._known + 1))
-        for w in range(self._next, last + 1):
+        for w in range(start, last + 1):
             if w not in self._watches and w not in self._results and w not in self._empty:
                 self._open(w)
 
@@ -195,7 +244,7 @@ class WatchWindow:
                 self._drop(later).cancel()
         elif outcome.etcd_index >= w:
             self._empty[w] = outcome
-        if not any(t.active() for t in self._timers.values()):
+        if self._stream is None and not any(t.active() for t in self._timers.values()):
             self._stop_probe()
         self._deliver()
 
@@ -203,6 +252,120 @@ class WatchWindow:
         if self._watches.get(w) is not watch:
             return None  # we cancelled it ourselves
         self._drop(w)
+        self.close()
+        if self._waiter is not None:
+            waiter, self._waiter = self._waiter, None
+            waiter.errback(failure)
+        else:
+            self._error = failure
+        return None
+
+    # -- the stream ------------------------------------------------------------
+
+    def _open_stream(self, w: int) -> None:
+        self.streams_opened += 1
+        stream = self.client.stream(self.prefix, w, lambda answer: self._streamed(stream, answer))
+        self._stream = stream
+        self._stream_at = self._stream_from = w
+        self._stream_last = 0
+        stream.registered.addCallback(self._stream_registered, stream)
+        stream.done.addCallbacks(self._stream_ended, self._stream_failed,
+                                 callbackArgs=(stream,), errbackArgs=(stream,))
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        self._stream_paused = False
+        if self._stream_timer is not None and self._stream_timer.active():
+            self._stream_timer.cancel()
+        self._stream_timer = None
+        if stream is not None:
+            stream.cancel()
+
+    def _arm_stream_timer(self, stream: EventStream) -> None:
+        if self._stream_timer is not None and self._stream_timer.active():
+            self._stream_timer.reset(self.idle_timeout)
+        else:
+            self._stream_timer = self.clock.callLater(
+                self.idle_timeout, self._stream_idle, stream)
+
+    def _stream_idle(self, stream: EventStream) -> None:
+        if stream is not self._stream:
+            return
+        if self._stream_paused:
+            self._arm_stream_timer(stream)  # paused by us, not quiet
+            return
+        stream.finish(self.clock)
+
+    def _stream_registered(self, etcd_index: Optional[int], stream: EventStream) -> None:
+        if stream is not self._stream or etcd_index is None:
+            return
+        log.debug("streaming watch on %r from %d registered at source index %d",
+                  self.prefix, self._stream_from, etcd_index)
+        self._saw(etcd_index)
+        self._arm_stream_timer(stream)
+        self._start_probe()
+
+    def _streamed(self, stream: EventStream, answer: Answer) -> None:
+        if stream is not self._stream:
+            return
+        index = answer.result.modifiedIndex
+        if index < self._stream_at:
+            # etcd sends a stream's events in index order; anything else is
+            # not something we can place.
+            self._stream_failed(Failure(EtcdUnavailable(
+                f"streaming watch on {self.prefix!r}: event {index} arrived after "
+                f"{self._stream_at - 1}")), stream)
+            return
+        self._saw(max(answer.etcd_index, index))
+        self._results[self._stream_at] = answer
+        self._stream_at = index + 1
+        self._stream_last = index
+        if stream.events == 1 and stream.etcd_index is not None and index <= stream.etcd_index:
+            # From etcd's history: it sends nothing more on this stream.
+            log.debug("event %d came from etcd's history: closing the stream", index)
+            self.streams_from_history += 1
+            self._close_stream()
+        else:
+            self._arm_stream_timer(stream)
+            if len(self._results) >= self.max_buffered and not self._stream_paused:
+                log.debug("%d events not applied yet: pausing the stream", len(self._results))
+                self._stream_paused = True
+                stream.pause()
+        self._deliver()
+
+    def _stream_ended(self, end: StreamEnd, stream: EventStream) -> None:
+        if stream is not self._stream:
+            return
+        self._close_stream()
+        log.debug("streaming watch from %d ended (%s) after %d events", self._stream_from,
+                  "idle" if end.idle else "by etcd", end.events)
+        if end.events and not end.idle:
+            log.info("etcd ended the streaming watch on %r after %d events (it does when "
+                     "we read more slowly than it sends); reading on from index %d",
+                     self.prefix, end.events, self._stream_at)
+        if end.events == 0:
+            if not end.idle:
+                self._stream_failed(Failure(EtcdUnavailable(
+                    f"streaming watch on {self.prefix!r} from {self._stream_from} ended "
+                    f"without an event")), None)
+                return
+            if end.etcd_index is not None and end.etcd_index >= self._stream_from:
+                # Quiet since registration: nothing in [from, X-Etcd-Index].
+                self._empty[self._stream_from] = WatchProgress(end.etcd_index, end.cluster_id)
+        self._deliver()
+
+    def _stream_failed(self, failure: Failure, stream: Optional[EventStream]) -> None:
+        if stream is not None and stream is not self._stream:
+            return None  # closed by us
+        if stream is not None and stream.etcd_index is None and failure.check(EtcdTimeout):
+            # A plain watch gets its headers when its event arrives; a stream
+            # gets them at once, unless something in between holds the
+            # answer until it is complete, which a stream never is.
+            log.warning("the streaming watch on %r got no answer headers within the "
+                        "timeout: is there a proxy that buffers answers? Using one "
+                        "request per event from now on (--no-watch-stream makes "
+                        "this permanent)", self.prefix)
+            self.use_stream = False
         self.close()
         if self._waiter is not None:
             waiter, self._waiter = self._waiter, None
@@ -223,8 +386,12 @@ class WatchWindow:
     @defer.inlineCallbacks
     def _probe_once(self):
         pending = [w for w in self._watches if w in self._timers]
-        if not pending:
+        stream = self._stream
+        if stream is not None and (stream.etcd_index is None or self._stream_paused):
+            stream = None
+        if not pending and stream is None:
             return
+        streamed = stream.events if stream is not None else 0
         try:
             current = (yield self.client.probe()).etcd_index
         except Exception as e:  # a failed probe changes nothing; the watches decide
@@ -240,3 +407,13 @@ class WatchWindow:
                           watch.etcd_index, current, w)
                 self.early_renewals += 1
                 watch.finish(self.clock)
+        if stream is not None and stream is self._stream and stream.events == streamed:
+            # (A stream that got events meanwhile is busy, not quiet: its
+            # events move the index on.)
+            assert stream.etcd_index is not None
+            seen = max(stream.etcd_index, self._stream_last)
+            if current - seen >= self.probe_threshold:
+                log.debug("source moved from %d to %d: renewing the stream at %d early",
+                          seen, current, self._stream_at)
+                self.early_renewals += 1
+                stream.finish(self.clock)

@@ -9,7 +9,8 @@ import etcd
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from etcdmirror.client import Answer, EtcdUnavailable, PendingWatch, WatchProgress
+from etcdmirror.client import (
+    Answer, EtcdTimeout, EtcdUnavailable, EventStream, PendingWatch, StreamEnd, WatchProgress)
 from etcdmirror.watcher import WatchWindow
 
 
@@ -26,6 +27,7 @@ class FakeSource:
 
     def __init__(self):
         self.watches, self.index, self.probes = {}, 100, 0
+        self.streams = []
 
     def watch(self, key, wait_index):
         w = PendingWatch()
@@ -50,12 +52,59 @@ class FakeSource:
     def open(self):
         return sorted(w for w, d in self.watches.items() if not d.result.called)
 
+    # streaming watches: what etcd sends is decided by the test
+
+    def stream(self, key, wait_index, on_event):
+        s = EventStream(on_event)
+        s.done = defer.Deferred()
+        self.streams.append((wait_index, s))
+        return s
+
+    def open_streams(self):
+        return [w for w, s in self.streams if not s.done.called]
+
+    def last_stream(self):
+        return self.streams[-1][1]
+
+    def stream_register(self, etcd_index):
+        s = self.last_stream()
+        s._on_headers(FakeLines(s, etcd_index), etcd_index)
+
+    def stream_event(self, index, header=None):
+        s = self.last_stream()
+        node = {"key": f"/p/k{index}", "value": "v", "modifiedIndex": index}
+        s._event(Answer(etcd.EtcdResult(action="set", node=node),
+                        header if header is not None else s.etcd_index, None))
+
+    def stream_end(self):
+        s = self.last_stream()
+        s.done.callback(StreamEnd(s.etcd_index, None, s.events, idle=False))
+
+
+class FakeLines:
+    """The body side of a fake stream: what pause, resume and finish touch."""
+
+    def __init__(self, stream, etcd_index):
+        self.stream, self.etcd_index, self.partial = stream, etcd_index, b""
+        self.paused = False
+        self.transport = self
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+
+    def abort(self, why):
+        self.stream.done.callback(StreamEnd(self.etcd_index, None, self.stream.events, idle=True))
+
 
 def window(clock, source, **kw):
     kw.setdefault("concurrency", 4)
     kw.setdefault("idle_timeout", 5.0)
     kw.setdefault("probe_interval", 0.5)
     kw.setdefault("probe_threshold", 200)
+    kw.setdefault("stream", False)
     w = WatchWindow(source, "/p", clock, **kw)
     w.reset(42)
     return w
@@ -166,3 +215,145 @@ def test_a_watch_answer_that_stalls_midway_fails_the_watch():
     assert aborted == []
     clock.advance(30)
     assert aborted and "stalled" in aborted[0]
+
+
+# -- streaming watches --------------------------------------------------------
+
+def streaming(clock, source, **kw):
+    kw["stream"] = True
+    return window(clock, source, **kw)
+
+
+def test_caught_up_streams_every_event_on_one_request():
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source)
+    out = []
+    w.next().addCallback(out.append)
+    assert source.open_streams() == [42] and source.open() == []
+    source.stream_register(41)                # registered ahead of the store: live
+    for index in (43, 47, 48):
+        source.stream_event(index)
+    w.next().addCallback(out.append)
+    w.next().addCallback(out.append)
+    assert indexes(out) == [43, 47, 48]
+    assert len(source.streams) == 1 and source.open() == []
+    assert source.open_streams() == [42]
+
+
+def test_a_stream_answered_from_history_is_closed_after_its_event():
+    """etcd sends nothing more after an event from its history (index <= header)."""
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source)
+    out = []
+    w.next().addCallback(out.append)
+    source.stream_register(60)                # the store is at 60
+    source.stream_event(45)                   # from history
+    assert indexes(out) == [45]
+    assert source.open_streams() == [] and w.streams_from_history == 1
+    w.next()
+    assert source.open() == [46, 47, 48, 49]   # behind: the window reads the history
+
+
+def test_a_quiet_stream_reports_progress_and_is_renewed():
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source)
+    out = []
+    w.next().addCallback(out.append)
+    source.stream_register(100)               # nothing under the prefix in [42, 100]
+    clock.advance(5)
+    clock.advance(0)
+    assert indexes(out) == [("progress", 100)]
+    w.next()
+    assert source.open_streams() == [101]
+
+
+def test_events_restart_the_idle_timer():
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source)
+    out = []
+    w.next().addCallback(out.append)
+    source.stream_register(41)
+    clock.advance(4)
+    source.stream_event(43)
+    clock.advance(4)
+    clock.advance(0)
+    assert source.open_streams() == [42]      # 4 s since the event: not idle yet
+    clock.advance(1)
+    clock.advance(0)
+    # Renewed after its last event; no progress is claimed for it.
+    assert len(source.streams) == 2 and source.open_streams() == [44]
+    assert indexes(out) == [43]
+
+
+def test_a_stream_etcd_ends_is_reopened_after_its_last_event():
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source)
+    out = []
+    w.next().addCallback(out.append)
+    source.stream_register(41)
+    source.stream_event(43)
+    source.stream_event(44)
+    source.stream_end()                       # etcd dropped the watcher (we were slow)
+    # Event 44 still waits to be taken; the new stream starts after it.
+    assert source.open() == [] and source.open_streams() == [45]
+    w.next().addCallback(out.append)
+    assert indexes(out) == [43, 44]
+
+
+def test_a_stream_that_ends_without_an_event_fails_next():
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source)
+    failures = []
+    w.next().addErrback(failures.append)
+    source.stream_register(41)
+    source.stream_end()
+    assert failures and failures[0].check(EtcdUnavailable)
+    assert "without an event" in failures[0].getErrorMessage()
+
+
+def test_a_stream_is_paused_while_too_many_events_wait():
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source, max_buffered=4)
+    out = []
+    w.next().addCallback(out.append)
+    source.stream_register(41)
+    for index in range(43, 48):
+        source.stream_event(index)            # 43 taken at once, 4 wait
+    lines = source.last_stream()._lines
+    assert lines.paused
+    clock.advance(30)                         # paused by us is not idle
+    assert source.open_streams() == [42]
+    w.next().addCallback(out.append)
+    w.next().addCallback(out.append)
+    assert not lines.paused                   # down to half: reading again
+    assert indexes(out) == [43, 44, 45]
+
+
+def test_no_headers_in_time_falls_back_to_plain_watches():
+    """A proxy that buffers answers holds a stream's headers forever."""
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source)
+    failures = []
+    w.next().addErrback(failures.append)
+    source.last_stream().done.errback(EtcdTimeout("no answer within 10s"))
+    assert failures and not w.use_stream
+    w.next()
+    assert source.open() == [42] and len(source.streams) == 1
+
+
+def test_probe_renews_a_stream_when_the_cluster_moves_far():
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source)
+    out = []
+    w.next().addCallback(out.append)
+    source.stream_register(100)
+    source.stream_event(150)
+    source.index = 300                         # 150 past the last event: not yet
+    clock.advance(0.5)
+    clock.advance(0)
+    assert source.open_streams() == [42]
+    source.index = 350
+    clock.advance(0.5)
+    clock.advance(0)
+    assert w.early_renewals == 1
+    assert len(source.streams) == 2 and source.open_streams() == [151]
