@@ -839,6 +839,16 @@ class Bench:
             conn.close()
         self.results["raw"] = {"n": n, "elapsed": elapsed, "rate": n / elapsed}
         log("raw limit: %.0f PUT/s (%.2f ms each)" % (n / elapsed, elapsed / n * 1000))
+        # The same, from the HTTP stacks the mirror is built on (bench/httpfloor.py).
+        floor = subprocess.run(
+            [sys.executable, os.path.join(BENCH_DIR, "httpfloor.py"),
+             str(self.dst.client_port), str(n)],
+            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        if floor.returncode != 0:
+            raise RuntimeError("httpfloor.py failed: %s" % floor.stderr[-2000:])
+        self.results["floor"] = json.loads(floor.stdout)
+        for name, f in self.results["floor"].items():
+            log("floor (%s): %.0f PUT/s, %.3f CPU ms each" % (name, f["rate"], f["cpu_ms"]))
 
     def catch_up(self, events: int, profile=None) -> Dict:
         mirror = self.mirror
@@ -1220,9 +1230,20 @@ def report(bench: Bench, command: str) -> str:
         out.append("| raw limit: sequential keep-alive PUTs to the destination (%d) | "
                    "**%.0f PUT/s** (%.2f ms each) |" % (raw["n"], raw["rate"],
                                                        1000 / raw["rate"]))
+    floor = r.get("floor") if raw else None
+    if floor:
+        out.append("| the same PUTs from Twisted's `Agent` alone; from etcd-mirror's own "
+                   "client (treq) — the ceiling for in-order writes on this stack | "
+                   "%.0f PUT/s = %.2f × raw (%.2f CPU ms each); **%.0f PUT/s = %.2f × raw** "
+                   "(%.2f CPU ms each) |"
+                   % (floor["agent"]["rate"], floor["agent"]["rate"] / raw["rate"],
+                      floor["agent"]["cpu_ms"], floor["client"]["rate"],
+                      floor["client"]["rate"] / raw["rate"], floor["client"]["cpu_ms"]))
     c = r.get("catchup")
     if c:
         ratio = " = %.2f × the raw limit" % (c["rate"] / raw["rate"]) if raw else ""
+        if floor:
+            ratio += " (%.2f × the client's own limit)" % (c["rate"] / floor["client"]["rate"])
         out.append("| catch-up: %d events written while SIGSTOPped, SIGCONT → replica "
                    "index reached | %s%.2f s → **%.0f events/s**%s; mirror CPU **%.2f ms** per "
                    "event (%.2f ms counting the %d /status polls of the measurement); "

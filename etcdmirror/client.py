@@ -521,7 +521,9 @@ class EtcdClient:
                            "certificate and that the URL's host name is in it")
         self.next_endpoint()
         cause = failure.value
-        if failure.check(defer.CancelledError):
+        if _cancelled(failure):
+            # treq cancels a request whose headers did not come in time; Twisted
+            # wraps that in ResponseNeverReceived.
             raise EtcdTimeout(f"{what}: no answer within {self.timeout:g}s", cause=cause)
         raise EtcdUnavailable(f"{what}: {_describe_exception(cause)}", cause=cause)
 
@@ -725,6 +727,14 @@ def _header_int(response: Any, name: bytes) -> Optional[int]:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _cancelled(failure: Failure) -> bool:
+    """True for a cancelled request, also when Twisted wrapped the cancellation."""
+    if failure.check(defer.CancelledError):
+        return True
+    reasons = getattr(failure.value, "reasons", None) or ()
+    return any(isinstance(r, Failure) and r.check(defer.CancelledError) for r in reasons)
 
 
 def _tls_problem(exc: BaseException) -> Optional[str]:

@@ -19,6 +19,7 @@
 # @param on_divergence     --on-divergence.
 # @param verify_interval   --verify-interval (0: never).
 # @param watch_concurrency --watch-concurrency.
+# @param watch_stream      false: --no-watch-stream (a proxy that buffers answers).
 # @param reload            --reload at every start: a hitless resync each time
 #   the service (re)starts.  Needed once for a new replica.
 # @param src_credentials   'user:password' for $src, kept out of the process list.
@@ -49,6 +50,7 @@ define etcdmirror::instance (
   Enum['fail', 'resync'] $on_divergence     = 'fail',
   Numeric                $verify_interval   = 0,
   Integer[1, 256]        $watch_concurrency = 16,
+  Boolean                $watch_stream      = true,
   Boolean                $reload            = false,
   Optional[String]       $src_credentials   = undef,
   Optional[String]       $dst_credentials   = undef,
