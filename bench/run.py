@@ -648,6 +648,21 @@ def percentile(values: List[float], p: float) -> float:
 
 # -- the benchmark --------------------------------------------------------------
 
+def machine_busy() -> Tuple[float, float]:
+    """(busy, total) CPU time of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def machine_busy_share(before: Tuple[float, float]) -> float:
+    """Share of all CPUs' time that was busy since ``before`` (0..1)."""
+    busy, total = machine_busy()
+    return (busy - before[0]) / max(1e-9, total - before[1])
+
+
 def loadavg() -> str:
     try:
         with open("/proc/loadavg") as f:
@@ -840,15 +855,30 @@ class Bench:
         self.results["raw"] = {"n": n, "elapsed": elapsed, "rate": n / elapsed}
         log("raw limit: %.0f PUT/s (%.2f ms each)" % (n / elapsed, elapsed / n * 1000))
         # The same, from the HTTP stacks the mirror is built on (bench/httpfloor.py).
-        floor = subprocess.run(
+        self.results["floor"] = self.http_floor(n)
+        rate = self.args.floor_load
+        if rate > 0:
+            # ... and while writers load the source at that rate, as in the
+            # sustained phase (no mirror runs yet).
+            log("floor under load: writers at %g writes/s on the source" % rate)
+            self.writers.start_paced(rate, 10.0)
+            floor = self.http_floor(n, "under load")
+            load = self.writers.finish_paced(60.0)
+            floor["load_rate"] = load["rate"]
+            self.results["floor_load"] = floor
+
+    def http_floor(self, n: int, label: str = "") -> Dict:
+        run = subprocess.run(
             [sys.executable, os.path.join(BENCH_DIR, "httpfloor.py"),
              str(self.dst.client_port), str(n)],
             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-        if floor.returncode != 0:
-            raise RuntimeError("httpfloor.py failed: %s" % floor.stderr[-2000:])
-        self.results["floor"] = json.loads(floor.stdout)
-        for name, f in self.results["floor"].items():
-            log("floor (%s): %.0f PUT/s, %.3f CPU ms each" % (name, f["rate"], f["cpu_ms"]))
+        if run.returncode != 0:
+            raise RuntimeError("httpfloor.py failed: %s" % run.stderr[-2000:])
+        floor = json.loads(run.stdout)
+        for name, f in floor.items():
+            log("floor %s(%s): %.0f PUT/s, %.3f CPU ms each"
+                % (label + " " if label else "", name, f["rate"], f["cpu_ms"]))
+        return floor
 
     def catch_up(self, events: int, profile=None) -> Dict:
         mirror = self.mirror
@@ -931,6 +961,7 @@ class Bench:
         probe = Probe(self.src.client_port, self.dst.client_port,
                       self.args.probe_ms / 1000, self.probe_seq)
         probe.start()
+        busy_before = machine_busy()
         self.writers.start_paced(rate, duration)
         started = time.perf_counter()
         max_lag = 0
@@ -946,6 +977,7 @@ class Bench:
             except (OSError, http.client.HTTPException, ValueError):
                 pass
         written = self.writers.finish_paced(duration + 60)
+        busy = machine_busy_share(busy_before)
         end_index = self.src_client.index()
         end_lag = end_index - mirror.status()["replica_index"]
         max_lag = max(max_lag, end_lag)
@@ -977,7 +1009,7 @@ class Bench:
             "max_lag": max_lag, "end_lag": end_lag, "drain_s": drain,
             "resyncs": resyncs, "resync_log": self.resync_lines(log_offset),
             "equal": equal, "verify": detail, "events": events, "cpu_s": cpu,
-            "cpu_ms_per_event": cpu / max(1, events) * 1000,
+            "cpu_ms_per_event": cpu / max(1, events) * 1000, "machine_busy": busy,
         }
         log("sustained %g/s: achieved %.0f/s; probe p50 %.1f p99 %.1f max %.1f ms; "
             "max lag %d, end lag %d, drain %s; resyncs %s; tree %s"
@@ -1239,6 +1271,11 @@ def report(bench: Bench, command: str) -> str:
                    % (floor["agent"]["rate"], floor["agent"]["rate"] / raw["rate"],
                       floor["agent"]["cpu_ms"], floor["client"]["rate"],
                       floor["client"]["rate"] / raw["rate"], floor["client"]["cpu_ms"]))
+    loaded = r.get("floor_load")
+    if loaded:
+        out.append("| the same two, while writers load the source at %.0f writes/s (no mirror "
+                   "running) | %.0f PUT/s (Agent); **%.0f PUT/s** (etcd-mirror's client) |"
+                   % (loaded["load_rate"], loaded["agent"]["rate"], loaded["client"]["rate"]))
     c = r.get("catchup")
     if c:
         ratio = " = %.2f × the raw limit" % (c["rate"] / raw["rate"]) if raw else ""
@@ -1270,20 +1307,21 @@ def report(bench: Bench, command: str) -> str:
         out.append("")
         out.append("| target writes/s | achieved | probe p50 ms | p99 ms | max ms | probes "
                    "| max lag | lag at end | drain s | resyncs | CPU ms/event "
-                   "| source = replica |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+                   "| machine CPU busy | source = replica |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for s in r["sustained"]:
             probes = "%d" % s["probes"]
             if s["probe_superseded"]:
                 probes += ", %d skipped" % s["probe_superseded"]
             if s["probe_missing"]:
                 probes += ", %d never visible" % s["probe_missing"]
-            out.append("| %g | %.0f%s | %s | %s | %s | %s | %d | %d | %s | %s | %.2f | %s |" % (
+            out.append("| %g | %.0f%s | %s | %s | %s | %s | %d | %d | %s | %s | %.2f | %s | %s |" % (
                 s["target"], s["achieved"], " (%d errors)" % s["write_errors"]
                 if s["write_errors"] else "", fmt_ms(s["p50"]), fmt_ms(s["p99"]),
                 fmt_ms(s["max"]), probes, s["max_lag"], s["end_lag"],
                 "%.2f" % s["drain_s"] if s["drain_s"] is not None else "TIMEOUT",
                 resync_text(s["resyncs"], s["resync_log"]), s["cpu_ms_per_event"],
+                "%.0f%%" % (100 * s["machine_busy"]) if "machine_busy" in s else "-",
                 "yes (%s)" % s["verify"] if s["equal"] else "**NO**: " + s["verify"]))
         out.append("")
     if mem and mem["samples"]:
@@ -1371,6 +1409,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    default=[100.0, 400.0, 1000.0],
                    help="sustained write rates, comma-separated (default 100,400,1000; "
                    "empty skips)")
+    p.add_argument("--floor-load", type=float, default=None, metavar="RATE",
+                   help="also measure the HTTP floors while writers load the source at "
+                   "RATE writes/s (default: the highest of --rates; 0 skips)")
     p.add_argument("--duration", type=float, default=10.0,
                    help="seconds per sustained rate (default 10)")
     p.add_argument("--probe-ms", type=float, default=50.0,
@@ -1408,6 +1449,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.writers < 1:
         p.error("--writers must be at least 1")
+    if args.floor_load is None:
+        args.floor_load = max(args.rates, default=0.0)
     if args.catchup_events >= 1000:
         log("warning: --catchup-events >= 1000 leaves etcd's event history; "
             "the mirror will resync")

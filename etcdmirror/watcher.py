@@ -167,12 +167,18 @@ class WatchWindow:
         return None
 
     def _advance(self, next_index: int) -> None:
-        self._next = next_index
+        passed, self._next = self._next, next_index
         for w in [w for w in self._watches if w < next_index]:
             self._drop(w).cancel()
+        # Everything below the old ``next`` is gone already; a stream may have
+        # thousands of events waiting, so look only at the indexes just passed.
         for table in (self._results, self._empty):
-            for w in [w for w in table if w < next_index]:
-                del table[w]
+            if next_index - passed <= len(table):
+                for w in range(passed, next_index):
+                    table.pop(w, None)
+            else:
+                for w in [w for w in table if w < next_index]:
+                    del table[w]
 
     def _fill(self) -> None:
         """Open the watches the window needs: only past ``next`` while behind."""
