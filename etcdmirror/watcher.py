@@ -74,6 +74,7 @@ class WatchWindow:
         on_source_index: Optional[Callable[[int], None]] = None,
         stream: bool = True,
         max_buffered: int = 4096,
+        max_buffered_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.client = client
         self.prefix = prefix
@@ -84,7 +85,10 @@ class WatchWindow:
         self.probe_threshold = probe_threshold
         self.on_source_index = on_source_index
         self.use_stream = stream
+        #: Pause the stream when this many events, or values of this many
+        #: bytes, wait to be applied.
         self.max_buffered = max(2, max_buffered)
+        self.max_buffered_bytes = max_buffered_bytes
         self.early_renewals = 0
         #: Streams opened, and how many of them etcd served from its history.
         self.streams_opened = 0
@@ -94,6 +98,9 @@ class WatchWindow:
         self._watches: Dict[int, PendingWatch] = {}
         self._timers: Dict[int, IDelayedCall] = {}
         self._results: Dict[int, Answer] = {}
+        #: Value sizes of the streamed events in _results.
+        self._sizes: Dict[int, int] = {}
+        self._buffered_bytes = 0
         self._empty: Dict[int, WatchProgress] = {}
         self._waiter: Optional[defer.Deferred] = None
         self._error: Optional[Failure] = None
@@ -112,6 +119,8 @@ class WatchWindow:
         """Forget everything and read from ``next_index`` on."""
         self.close()
         self._results.clear()
+        self._sizes.clear()
+        self._buffered_bytes = 0
         self._empty.clear()
         self._error = None
         self._next = next_index
@@ -154,8 +163,10 @@ class WatchWindow:
     def _pop(self):
         if self._next in self._results:
             answer = self._results.pop(self._next)
+            self._buffered_bytes -= self._sizes.pop(self._next, 0)
             self._advance(answer.result.modifiedIndex + 1)
-            if self._stream_paused and len(self._results) <= self.max_buffered // 2:
+            if (self._stream_paused and len(self._results) <= self.max_buffered // 2
+                    and self._buffered_bytes <= self.max_buffered_bytes // 2):
                 self._stream_paused = False
                 assert self._stream is not None
                 self._stream.resume()
@@ -174,11 +185,12 @@ class WatchWindow:
         # thousands of events waiting, so look only at the indexes just passed.
         for table in (self._results, self._empty):
             if next_index - passed <= len(table):
-                for w in range(passed, next_index):
-                    table.pop(w, None)
+                gone = [w for w in range(passed, next_index) if w in table]
             else:
-                for w in [w for w in table if w < next_index]:
-                    del table[w]
+                gone = [w for w in table if w < next_index]
+            for w in gone:
+                del table[w]
+                self._buffered_bytes -= self._sizes.pop(w, 0)
 
     def _fill(self) -> None:
         """Open the watches the window needs: only past ``next`` while behind."""
@@ -324,6 +336,9 @@ class WatchWindow:
             return
         self._saw(max(answer.etcd_index, index))
         self._results[self._stream_at] = answer
+        size = len(answer.result.value or "")
+        self._sizes[self._stream_at] = size
+        self._buffered_bytes += size
         self._stream_at = index + 1
         self._stream_last = index
         if stream.events == 1 and stream.etcd_index is not None and index <= stream.etcd_index:
@@ -333,8 +348,10 @@ class WatchWindow:
             self._close_stream()
         else:
             self._arm_stream_timer(stream)
-            if len(self._results) >= self.max_buffered and not self._stream_paused:
-                log.debug("%d events not applied yet: pausing the stream", len(self._results))
+            if not self._stream_paused and (len(self._results) >= self.max_buffered or
+                                            self._buffered_bytes >= self.max_buffered_bytes):
+                log.debug("%d events (%d bytes of values) not applied yet: pausing the "
+                          "stream", len(self._results), self._buffered_bytes)
                 self._stream_paused = True
                 stream.pause()
         self._deliver()

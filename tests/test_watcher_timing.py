@@ -70,9 +70,9 @@ class FakeSource:
         s = self.last_stream()
         s._on_headers(FakeLines(s, etcd_index), etcd_index)
 
-    def stream_event(self, index, header=None):
+    def stream_event(self, index, header=None, value="v"):
         s = self.last_stream()
-        node = {"key": f"/p/k{index}", "value": "v", "modifiedIndex": index}
+        node = {"key": f"/p/k{index}", "value": value, "modifiedIndex": index}
         s._event(Answer(etcd.EtcdResult(action="set", node=node),
                         header if header is not None else s.etcd_index, None))
 
@@ -326,6 +326,22 @@ def test_a_stream_is_paused_while_too_many_events_wait():
     w.next().addCallback(out.append)
     w.next().addCallback(out.append)
     assert not lines.paused                   # down to half: reading again
+    assert indexes(out) == [43, 44, 45]
+
+
+def test_big_values_pause_the_stream_sooner():
+    clock, source = Clock(), FakeSource()
+    w = streaming(clock, source, max_buffered_bytes=3000)
+    out = []
+    w.next().addCallback(out.append)
+    source.stream_register(41)
+    for index in range(43, 47):
+        source.stream_event(index, value="x" * 1000)   # 43 taken at once, 3 kB wait
+    lines = source.last_stream()._lines
+    assert lines.paused
+    for _ in range(2):
+        w.next().addCallback(out.append)
+    assert not lines.paused and w._buffered_bytes == 1000
     assert indexes(out) == [43, 44, 45]
 
 
