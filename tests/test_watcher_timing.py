@@ -249,7 +249,7 @@ def test_a_stream_answered_from_history_is_closed_after_its_event():
     source.stream_register(60)                # the store is at 60
     source.stream_event(45)                   # from history
     assert indexes(out) == [45]
-    assert source.open_streams() == [] and w.streams_from_history == 1
+    assert source.open_streams() == [] and w.stream.from_history == 1
     w.next()
     assert source.open() == [46, 47, 48, 49]   # behind: the window reads the history
 
@@ -352,7 +352,7 @@ def test_no_headers_in_time_falls_back_to_plain_watches():
     failures = []
     w.next().addErrback(failures.append)
     source.last_stream().done.errback(EtcdTimeout("no answer within 10s"))
-    assert failures and not w.use_stream
+    assert failures and not w.stream.enabled
     w.next()
     assert source.open() == [42] and len(source.streams) == 1
 
@@ -371,5 +371,5 @@ def test_probe_renews_a_stream_when_the_cluster_moves_far():
     source.index = 350
     clock.advance(0.5)
     clock.advance(0)
-    assert w.early_renewals == 1
+    assert w.stream.early_renewals == 1
     assert len(source.streams) == 2 and source.open_streams() == [151]
