@@ -125,6 +125,7 @@ class ReplicationController:
             probe_threshold=self.options.index_probe_threshold,
             on_source_index=status.saw_source_index,
             stream=self.options.watch_stream)
+        status.watch_info = self.window.describe
         #: Every event up to this source index is applied.
         self.index = 0
         self.persisted_index: Optional[int] = None

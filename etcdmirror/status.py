@@ -47,6 +47,9 @@ class MirrorStatus:
     last_verify_time: Optional[float] = None
     started_at: float = field(default_factory=time.time)
     clock: Callable[[], float] = field(default=time.time, repr=False)
+    #: How the source is being read right now (set by the controller: the
+    #: watch window's :meth:`~etcdmirror.watcher.WatchWindow.describe`).
+    watch_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
 
     @property
     def lag(self) -> int:
@@ -110,4 +113,5 @@ class MirrorStatus:
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,
             "started_at": self.started_at,
+            "watch": self.watch_info() if self.watch_info is not None else None,
         }

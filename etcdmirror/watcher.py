@@ -29,7 +29,7 @@ too many wait to be applied, the stream is paused.
 """
 
 import logging
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -120,6 +120,18 @@ class WatchWindow:
             return defer.succeed(ready)
         self._waiter = defer.Deferred(lambda _: self._cancelled())
         return self._waiter
+
+    def describe(self) -> Dict[str, Any]:
+        """For /status: how the source is being read right now."""
+        return {
+            "streaming": self.stream.active,
+            "stream_enabled": self.stream.enabled,
+            "watches_in_flight": len(self._watches),
+            "events_waiting": len(self._results),
+            "streams_opened": self.stream.opened,
+            "streams_from_history": self.stream.from_history,
+            "early_renewals": self.early_renewals + self.stream.early_renewals,
+        }
 
     def close(self) -> None:
         """Cancel every watch and timer."""

@@ -112,6 +112,8 @@ def test_a_caught_up_mirror_reads_a_burst_over_one_stream(src, dst, mirror):
     asked = watch_requests(src) - before
     # One request per event would be 300; a renewal or two is allowed.
     assert asked <= 20, "%d watch requests for 300 events" % asked
+    watch = m.status()["watch"]
+    assert watch["streaming"] and watch["stream_enabled"] and watch["watches_in_flight"] == 0
     assert m.metric("etcdmirror_resyncs_total", 'reason="index_cleared"') == 0
 
 
@@ -125,6 +127,7 @@ def test_no_stream_flag_means_one_watch_per_event(src, dst, mirror):
         wait_for(lambda: dst.get(IMAGE + "/k%d" % i)[0] == 200)
     assert watch_requests(src) - before >= 60
     assert m.healthy()
+    assert m.status()["watch"]["streams_opened"] == 0
 
 
 def test_a_stream_etcd_drops_goes_silent_and_loses_nothing(src, dst, mirror):
