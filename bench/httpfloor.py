@@ -28,35 +28,14 @@ if REPO not in sys.path:
 from twisted.internet import defer, task  # noqa: E402
 from twisted.web.client import Agent, HTTPConnectionPool, readBody  # noqa: E402
 from twisted.web.http_headers import Headers  # noqa: E402
-from zope.interface import implementer  # noqa: E402
-from twisted.web.iweb import IBodyProducer  # noqa: E402
 
-from etcdmirror.client import EtcdClient  # noqa: E402
+from etcdmirror.client import BytesBody, EtcdClient  # noqa: E402
 from etcdmirror.endpoints import parse_cluster  # noqa: E402
 
 
 def cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-@implementer(IBodyProducer)
-class Body:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.length = data, len(data)
-
-    def startProducing(self, consumer):
-        consumer.write(self.data)
-        return defer.succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
 
 
 @defer.inlineCallbacks
@@ -80,7 +59,7 @@ def main(reactor, port: str, count: str):
     @defer.inlineCallbacks
     def agent_put(i):
         url = b"http://127.0.0.1:%s/v2/keys/bench-floor/a%d" % (port.encode(), i % 100)
-        response = yield agent.request(b"PUT", url, form, Body(b"value=floor-%d" % i))
+        response = yield agent.request(b"PUT", url, form, BytesBody(b"value=floor-%d" % i))
         yield readBody(response)
         if response.code >= 300:
             raise RuntimeError("PUT failed: HTTP %d" % response.code)

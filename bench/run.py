@@ -1315,7 +1315,8 @@ def report(bench: Bench, command: str) -> str:
                 probes += ", %d skipped" % s["probe_superseded"]
             if s["probe_missing"]:
                 probes += ", %d never visible" % s["probe_missing"]
-            out.append("| %g | %.0f%s | %s | %s | %s | %s | %d | %d | %s | %s | %.2f | %s | %s |" % (
+            row = "| %g | %.0f%s | %s | %s | %s | %s | %d | %d | %s | %s | %.2f | %s | %s |"
+            out.append(row % (
                 s["target"], s["achieved"], " (%d errors)" % s["write_errors"]
                 if s["write_errors"] else "", fmt_ms(s["p50"]), fmt_ms(s["p99"]),
                 fmt_ms(s["max"]), probes, s["max_lag"], s["end_lag"],

@@ -184,8 +184,8 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_stream: bool,
-         watch_idle_timeout: float, check_config: bool, listen_address: str, src: Cluster, dst: Cluster,
-         **sides: Any) -> None:
+         watch_idle_timeout: float, check_config: bool, listen_address: str,
+         src: Cluster, dst: Cluster, **sides: Any) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
     src, src_tls = resolve_side(src, "src", sides)
     dst, dst_tls = resolve_side(dst, "dst", sides)

@@ -93,52 +93,76 @@ class WatchProgress:
 WatchOutcome = Union[Answer, WatchProgress]
 
 
-class PendingWatch:
+class _Finishable:
+    """What a plain watch and a streaming watch share: headers first, then a
+    body we may stop reading on purpose (:meth:`finish`)."""
+
+    #: The body reader, once the headers have arrived.
+    _body: Optional[Any] = None
+
+    def __init__(self) -> None:
+        self.registered: defer.Deferred = defer.Deferred()
+        self.etcd_index: Optional[int] = None
+
+    def _outcome(self) -> defer.Deferred:
+        raise NotImplementedError
+
+    def _midway(self) -> bool:
+        """True while part of an answer (an event) has arrived, not all of it."""
+        raise NotImplementedError
+
+    def finish(self, clock: Any) -> None:
+        """Stop reading; the outcome reports what the headers proved.
+
+        The abort happens one reactor turn later, so that bytes already on
+        the socket (an event sent just before, or while the process was
+        stopped) are read first.  An event that has started is given
+        :data:`BODY_STALL_SECONDS` to complete; one that never does (a broken
+        proxy) fails the request, which is then retried at the same index.
+        """
+        clock.callLater(0, self._finish_now, clock)
+
+    def _finish_now(self, clock: Any) -> None:
+        if self._body is None or self._outcome().called:
+            return
+        if not self._midway():
+            self._body.abort("idle")
+        else:
+            clock.callLater(BODY_STALL_SECONDS, self._abort_stalled)
+
+    def _abort_stalled(self) -> None:
+        if self._body is not None and not self._outcome().called and self._midway():
+            self._body.abort(f"an answer stalled for {BODY_STALL_SECONDS:g}s")
+
+    def cancel(self) -> None:
+        self._outcome().cancel()
+
+    def _on_headers(self, body: Any, etcd_index: Optional[int]) -> None:
+        self._body = body
+        self.etcd_index = etcd_index
+        self.registered.callback(etcd_index)
+
+
+class PendingWatch(_Finishable):
     """A watch request in flight.
 
     ``registered`` fires with the ``X-Etcd-Index`` header as soon as etcd has
     registered the watch (its headers arrive before any event); ``result``
     fires with the event (:class:`Answer`) or, after :meth:`finish`, with
-    :class:`WatchProgress`.
+    :class:`WatchProgress`: a watch is only "pending" if its body is empty.
     """
 
+    _body: Optional["_Collector"]
+
     def __init__(self) -> None:
-        self.registered: defer.Deferred = defer.Deferred()
+        super().__init__()
         self.result: defer.Deferred  # set by EtcdClient.watch
-        self.etcd_index: Optional[int] = None
-        self._collector: Optional["_Collector"] = None
 
-    def finish(self, clock: Any) -> None:
-        """Stop waiting: ``result`` fires with the progress the headers gave.
+    def _outcome(self) -> defer.Deferred:
+        return self.result
 
-        The abort happens one reactor turn later, so that bytes already on
-        the socket (an event sent just before, or while the process was
-        stopped) are read first: a watch is only "pending" if its body is
-        empty after that.  A body that has started is given
-        :data:`BODY_STALL_SECONDS` to complete; one that never does (a broken
-        proxy) fails the watch, which is then retried at the same index.
-        """
-        clock.callLater(0, self._finish_now, clock)
-
-    def _finish_now(self, clock: Any) -> None:
-        if self._collector is None or self.result.called:
-            return
-        if self._collector.size == 0:
-            self._collector.abort("idle")
-        else:
-            clock.callLater(BODY_STALL_SECONDS, self._abort_stalled)
-
-    def _abort_stalled(self) -> None:
-        if self._collector is not None and not self.result.called:
-            self._collector.abort(f"the answer stalled for {BODY_STALL_SECONDS:g}s")
-
-    def cancel(self) -> None:
-        self.result.cancel()
-
-    def _on_headers(self, collector: "_Collector", etcd_index: Optional[int]) -> None:
-        self._collector = collector
-        self.etcd_index = etcd_index
-        self.registered.callback(etcd_index)
+    def _midway(self) -> bool:
+        return self._body is not None and self._body.size > 0
 
 
 @dataclass
@@ -156,60 +180,38 @@ class StreamEnd:
     idle: bool
 
 
-class EventStream:
+class EventStream(_Finishable):
     """A streaming watch (``stream=true``) in flight.
 
     ``registered`` fires with the ``X-Etcd-Index`` header when etcd has
     registered the watch; ``on_event`` is called with each event
     (:class:`Answer`) in the order etcd sent them; ``done`` fires with
-    :class:`StreamEnd` when the response ends, or fails like any request.
+    :class:`StreamEnd` when the response ends (after :meth:`finish`, with
+    ``idle=True``), or fails like any request.
     """
 
+    _body: Optional["_EventLines"]
+
     def __init__(self, on_event: Callable[[Answer], None]) -> None:
+        super().__init__()
         self.on_event = on_event
-        self.registered: defer.Deferred = defer.Deferred()
         self.done: defer.Deferred  # set by EtcdClient.stream
-        self.etcd_index: Optional[int] = None
         self.events = 0
-        self._lines: Optional["_EventLines"] = None
 
-    def finish(self, clock: Any) -> None:
-        """Stop the stream; ``done`` fires with ``StreamEnd(idle=True)``.
+    def _outcome(self) -> defer.Deferred:
+        return self.done
 
-        As with :meth:`PendingWatch.finish`, bytes already on the socket are
-        read first, and a half-received event gets :data:`BODY_STALL_SECONDS`
-        to complete before the stream fails.
-        """
-        clock.callLater(0, self._finish_now, clock)
-
-    def _finish_now(self, clock: Any) -> None:
-        if self._lines is None or self.done.called:
-            return
-        if not self._lines.partial:
-            self._lines.abort("idle")
-        else:
-            clock.callLater(BODY_STALL_SECONDS, self._abort_stalled)
-
-    def _abort_stalled(self) -> None:
-        if self._lines is not None and not self.done.called and self._lines.partial:
-            self._lines.abort(f"an event stalled for {BODY_STALL_SECONDS:g}s")
+    def _midway(self) -> bool:
+        return self._body is not None and bool(self._body.partial)
 
     def pause(self) -> None:
-        """Stop reading: etcd's own buffer fills and it ends the stream."""
-        if self._lines is not None and self._lines.transport is not None:
-            self._lines.transport.pauseProducing()
+        """Stop reading.  etcd queues 100 events for us, then drops the watcher."""
+        if self._body is not None and self._body.transport is not None:
+            self._body.transport.pauseProducing()
 
     def resume(self) -> None:
-        if self._lines is not None and self._lines.transport is not None:
-            self._lines.transport.resumeProducing()
-
-    def cancel(self) -> None:
-        self.done.cancel()
-
-    def _on_headers(self, lines: "_EventLines", etcd_index: Optional[int]) -> None:
-        self._lines = lines
-        self.etcd_index = etcd_index
-        self.registered.callback(etcd_index)
+        if self._body is not None and self._body.transport is not None:
+            self._body.transport.resumeProducing()
 
     def _event(self, answer: Answer) -> None:
         self.events += 1
@@ -317,7 +319,7 @@ class _EventLines(Protocol):
 
 
 @implementer(IBodyProducer)
-class _Body:
+class BytesBody:
     """A request body that is written at once.
 
     treq would wrap bytes in a ``FileBodyProducer``, which writes them one
@@ -521,7 +523,7 @@ class EtcdClient:
         headers = {b"Accept": [b"application/json"]}
         data = None
         if body is not None:
-            data = _Body(urlencode(body).encode("ascii"))
+            data = BytesBody(urlencode(body).encode("ascii"))
             headers[b"Content-Type"] = [b"application/x-www-form-urlencoded"]
         d = self._http.request(
             method,

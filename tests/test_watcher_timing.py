@@ -208,8 +208,8 @@ def test_a_watch_answer_that_stalls_midway_fails_the_watch():
     source.register(42, 100)
     watch = source.watches[42]
     aborted = []
-    watch._collector.size = 17                    # part of an event arrived
-    watch._collector.abort = aborted.append
+    watch._body.size = 17                    # part of an event arrived
+    watch._body.abort = aborted.append
     clock.advance(5)                              # idle timer: not pending, has a body
     clock.advance(0)
     assert aborted == []
@@ -319,7 +319,7 @@ def test_a_stream_is_paused_while_too_many_events_wait():
     source.stream_register(41)
     for index in range(43, 48):
         source.stream_event(index)            # 43 taken at once, 4 wait
-    lines = source.last_stream()._lines
+    lines = source.last_stream()._body
     assert lines.paused
     clock.advance(30)                         # paused by us is not idle
     assert source.open_streams() == [42]
@@ -337,7 +337,7 @@ def test_big_values_pause_the_stream_sooner():
     source.stream_register(41)
     for index in range(43, 47):
         source.stream_event(index, value="x" * 1000)   # 43 taken at once, 3 kB wait
-    lines = source.last_stream()._lines
+    lines = source.last_stream()._body
     assert lines.paused
     for _ in range(2):
         w.next().addCallback(out.append)
