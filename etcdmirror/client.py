@@ -579,17 +579,20 @@ class EtcdClient:
                 return WatchProgress(etcd_index, cluster_id)
             if failure.check(_Aborted):
                 raise BadResponse(f"{what}: {collector.aborted_by}")
-            self.next_endpoint()
-            raise EtcdUnavailable(
-                f"{what}: connection lost while reading the answer: "
-                f"{_describe_exception(failure.value)}",
-                cause=failure.value,
-            )
+            raise self._connection_lost(what, "reading the answer", failure)
 
         finished.addCallbacks(
             self._parse, body_failed, callbackArgs=(response.code, etcd_index, cluster_id, what)
         )
         return finished
+
+    def _connection_lost(self, what: str, doing: str, failure: Failure) -> EtcdUnavailable:
+        """The error for a body cut off midway; the next try goes to another endpoint."""
+        self.next_endpoint()
+        return EtcdUnavailable(
+            f"{what}: connection lost while {doing}: {_describe_exception(failure.value)}",
+            cause=failure.value,
+        )
 
     def _read_stream(self, response: Any, what: str, stream: EventStream,
                      etcd_index: Optional[int], cluster_id: Optional[str]):
@@ -617,12 +620,7 @@ class EtcdClient:
                 return StreamEnd(etcd_index, cluster_id, stream.events, idle=True)
             if failure.check(_Aborted):
                 raise BadResponse(f"{what}: {lines.aborted_by}")
-            self.next_endpoint()
-            raise EtcdUnavailable(
-                f"{what}: connection lost while streaming: "
-                f"{_describe_exception(failure.value)}",
-                cause=failure.value,
-            )
+            raise self._connection_lost(what, "streaming", failure)
 
         finished.addCallbacks(ended, failed)
         return finished
