@@ -77,8 +77,7 @@ class WatchWindow:
         self._watches: Dict[int, PendingWatch] = {}
         self._timers: Dict[int, IDelayedCall] = {}
         self._results: Dict[int, Answer] = {}
-        #: Value sizes of the streamed events in _results.
-        self._sizes: Dict[int, int] = {}
+        #: Bytes of values in _results.
         self._buffered_bytes = 0
         self._empty: Dict[int, WatchProgress] = {}
         self._waiter: Optional[defer.Deferred] = None
@@ -96,7 +95,6 @@ class WatchWindow:
         """Forget everything and read from ``next_index`` on."""
         self.close()
         self._results.clear()
-        self._sizes.clear()
         self._buffered_bytes = 0
         self._empty.clear()
         self._error = None
@@ -152,7 +150,7 @@ class WatchWindow:
     def _pop(self):
         if self._next in self._results:
             answer = self._results.pop(self._next)
-            self._buffered_bytes -= self._sizes.pop(self._next, 0)
+            self._buffered_bytes -= _value_size(answer)
             self._advance(answer.result.modifiedIndex + 1)
             if (self.stream.paused and len(self._results) <= self.max_buffered // 2
                     and self._buffered_bytes <= self.max_buffered_bytes // 2):
@@ -176,8 +174,9 @@ class WatchWindow:
             else:
                 gone = [w for w in table if w < next_index]
             for w in gone:
-                del table[w]
-                self._buffered_bytes -= self._sizes.pop(w, 0)
+                outcome = table.pop(w)
+                if table is self._results:
+                    self._buffered_bytes -= _value_size(outcome)
 
     def _fill(self) -> None:
         """Open the watches the window needs: only past ``next`` while behind."""
@@ -244,6 +243,7 @@ class WatchWindow:
             event_index = outcome.result.modifiedIndex
             self._saw(max(outcome.etcd_index, event_index))
             self._results[w] = outcome
+            self._buffered_bytes += _value_size(outcome)
             # The watches between w and the event would return the same event.
             for later in [x for x in self._watches if w < x <= event_index]:
                 self._drop(later).cancel()
@@ -277,9 +277,7 @@ class WatchWindow:
     def _streamed(self, w: int, answer: Answer) -> None:
         self._saw(max(answer.etcd_index, answer.result.modifiedIndex))
         self._results[w] = answer
-        size = len(answer.result.value or "")
-        self._sizes[w] = size
-        self._buffered_bytes += size
+        self._buffered_bytes += _value_size(answer)
         if self.stream.active and not self.stream.paused and (
                 len(self._results) >= self.max_buffered
                 or self._buffered_bytes >= self.max_buffered_bytes):
@@ -321,3 +319,8 @@ class WatchWindow:
                 watch.finish(self.clock)
         if streaming:
             self.stream.probed(current, token)
+
+
+def _value_size(answer: Answer) -> int:
+    """What an event waiting to be applied holds in memory, roughly: its value."""
+    return len(answer.result.value or "")
