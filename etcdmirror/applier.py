@@ -27,6 +27,12 @@ APPLIED = "applied"
 REPLAYED = "replayed"
 IGNORED = "ignored"
 
+#: Seconds added to every TTL written on the replica.  The replica's copy then
+#: outlives the source's, whose ``expire`` event removes it; and the TTL
+#: keeper (:mod:`etcdmirror.ttlkeeper`) can look at the source once more after
+#: the source copy's own expiry before the replica's runs out.
+TTL_GRACE = 1
+
 WRITE_ACTIONS = ("set", "create", "update", "compareAndSwap")
 DELETE_ACTIONS = ("delete", "compareAndDelete", "expire")
 ACTIONS = WRITE_ACTIONS + DELETE_ACTIONS
@@ -70,9 +76,14 @@ def _had_ttl(event: Any) -> bool:
     return prev is not None and (prev.ttl is not None or prev.expiration is not None)
 
 
+def replica_ttl(source_ttl: int) -> int:
+    """The TTL to write on the replica for a source TTL of ``source_ttl`` seconds."""
+    return int(source_ttl) + TTL_GRACE
+
+
 def _ttl(node: Any) -> Optional[int]:
     ttl = getattr(node, "ttl", None)
-    return int(ttl) if ttl is not None else None
+    return replica_ttl(ttl) if ttl is not None else None
 
 
 class EventApplier:

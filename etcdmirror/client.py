@@ -408,13 +408,20 @@ class EtcdClient:
         clear_ttl: bool = False,
         prev_exist: Optional[bool] = None,
         prev_value: Optional[str] = None,
+        refresh: bool = False,
     ) -> defer.Deferred:
-        """PUT a node (set/create/update/compareAndSwap); fires with :class:`Answer`."""
+        """PUT a node (set/create/update/compareAndSwap); fires with :class:`Answer`.
+
+        ``refresh`` sets only the TTL of an existing node (``refresh=true``:
+        etcd keeps the value and tells no watcher); it sends no value.
+        """
         body: List[Tuple[str, str]] = []
         if dir:
             body.append(("dir", "true"))
-        else:
+        elif not refresh:
             body.append(("value", value if value is not None else ""))
+        if refresh:
+            body.append(("refresh", "true"))
         if ttl is not None:
             body.append(("ttl", str(max(int(ttl), 1))))
         elif clear_ttl:

@@ -33,10 +33,12 @@ from etcdmirror.backoff import Backoff
 from etcdmirror.client import EtcdClient, WatchProgress, is_transient
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.freshness import parse_heartbeat
+from etcdmirror.gate import WriteGate
 from etcdmirror.indexstore import IndexStore, horizon_value
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import resync
+from etcdmirror.ttlkeeper import TtlKeeper
 from etcdmirror.watcher import WatchWindow
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,14 @@ class ReplicationController:
             on_source_index=status.saw_source_index,
             stream=self.options.watch_stream)
         status.watch_info = self.window.describe
+        #: Event writes, resyncs and TTL refreshes take turns on the destination.
+        self.gate = WriteGate()
+        self.ttl = TtlKeeper(source, destination, mapper, clock, self.gate,
+                             lambda: self.index, metrics, self._ttl_dir_expired)
+        status.ttl_info = self.ttl.describe
+        #: A resync asked for from outside the loop (the TTL keeper), by reason.
+        self._resync_wanted: Optional[str] = None
+        self._waiting_for_source = False
         #: Every event up to this source index is applied.
         self.index = 0
         self.persisted_index: Optional[int] = None
@@ -192,6 +202,7 @@ class ReplicationController:
 
     def _shutdown_io(self) -> None:
         self.window.close()
+        self.ttl.stop()
         if self._persist_timer is not None and self._persist_timer.active():
             self._persist_timer.cancel()
 
@@ -224,6 +235,8 @@ class ReplicationController:
         guards.check_not_rolled_back(self.index, src.etcd_index)
         if recorded is None and src.cluster_id:
             yield self._record_source_id(src.cluster_id)
+        yield self._retrying(f"reading the TTL'd keys under {self.mapper.src_prefix!r}",
+                             "source", self.ttl.load)
 
     def _read_optional(self, key: str) -> defer.Deferred:
         return self._retrying(f"reading {key!r}", "destination",
@@ -313,8 +326,14 @@ class ReplicationController:
         self.status.state = st.REPLICATING
         self.window.reset(self.index + 1)
         log.info("Starting replication at %s", self.index)
+        self.ttl.start()
         while True:
             self._check_running()
+            if self._resync_wanted is not None:
+                reason, self._resync_wanted = self._resync_wanted, None
+                yield self._resync(reason)
+                continue
+            self._waiting_for_source = True
             try:
                 outcome = yield self._retrying(
                     lambda: f"watching {self.mapper.src_prefix!r} from index {self.index + 1}",
@@ -322,6 +341,12 @@ class ReplicationController:
             except etcd.EtcdEventIndexCleared as e:
                 yield self._index_cleared(e)
                 continue
+            except defer.CancelledError:
+                if self._resync_wanted is None:
+                    raise
+                continue
+            finally:
+                self._waiting_for_source = False
             guards.check_same_source(self.source_cluster_id, outcome.cluster_id,
                                      self.source.cluster.display)
             if isinstance(outcome, WatchProgress):
@@ -373,10 +398,18 @@ class ReplicationController:
             yield self._retrying("writing the replay horizon", "destination",
                                  lambda: self.store.write_horizon(horizon))
             self.horizon = horizon
+        waiting = self.gate.acquire()
+        if waiting is not None:
+            yield self._interruptibly(waiting)
         try:
-            outcome = yield self._retrying(
-                lambda: f"applying {describe(event)}", "destination",
-                lambda: self.applier.apply(event, replaying=index <= self.replay_until))
+            try:
+                outcome = yield self._retrying(
+                    lambda: f"applying {describe(event)}", "destination",
+                    lambda: self.applier.apply(event, replaying=index <= self.replay_until))
+                # Before the gate opens: the keeper decides on what is applied.
+                self.ttl.applied(event, outcome)
+            finally:
+                self.gate.release()
         except Divergence as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             if self.options.on_divergence != "resync":
@@ -432,13 +465,31 @@ class ReplicationController:
         log.warning("%s Resynchronising from a snapshot.", message)
         yield self._resync("index_cleared")
 
+    def _ttl_dir_expired(self, key: str) -> None:
+        """The TTL keeper found a TTL'd directory run out on the replica: resync."""
+        if self._resync_wanted is None:
+            self._resync_wanted = "ttl_expired"
+        if self._waiting_for_source and self._interruptible is not None:
+            self._interruptible.cancel()
+
     @defer.inlineCallbacks
     def _resync(self, reason: str):
         """Reconcile the destination with a snapshot; the index becomes its index."""
+        waiting = self.gate.acquire()
+        if waiting is not None:
+            yield self._interruptibly(waiting)
+        try:
+            yield self._resync_in_turn(reason)
+        finally:
+            self.gate.release()
+
+    @defer.inlineCallbacks
+    def _resync_in_turn(self, reason: str):
         self.status.state = st.RELOADING if reason == "reload" else st.RESYNCING
         log.info("Re-loading the etcd data from the source cluster (%s)", reason)
         self.window.close()
         started = time.perf_counter()
+        read_at = self.clock.seconds()
         marker = self.store.resync_marker_key
         yield self._retrying(f"marking the resync in {marker!r}", "destination",
                              lambda: self.store.put(marker, reason))
@@ -451,6 +502,7 @@ class ReplicationController:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             raise MirrorFatal(f"resync ({reason}) failed: {e}") from None
         self.index = report.etcd_index
+        self.ttl.track_snapshot(report.ttl_nodes, report.etcd_index, read_at, present=True)
         yield self._persist(self.index)
         if report.cluster_id:
             yield self._record_source_id(report.cluster_id)

@@ -20,6 +20,7 @@ from etcdmirror.keys import KeyMapper, probe_key
 from etcdmirror.metrics import Metrics
 from etcdmirror.sdnotify import Notifier, SystemdReporter
 from etcdmirror.status import MirrorStatus
+from etcdmirror.ttlkeeper import CONCURRENCY as TTL_CONCURRENCY
 from etcdmirror.verify import PeriodicVerifier
 from etcdmirror.web import make_site
 
@@ -40,8 +41,10 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
                           max_replica_age=options.max_replica_age)
     registry = CollectorRegistry()
     metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
-    # Every watch in flight holds a connection; keep them all persistent.
-    source = EtcdClient(src, reactor, make_pool(reactor, options.watch_concurrency + 4),
+    # Every watch in flight holds a connection, and so does each of the TTL
+    # keeper's reads; keep them all persistent.
+    source = EtcdClient(src, reactor,
+                        make_pool(reactor, options.watch_concurrency + 4 + TTL_CONCURRENCY),
                         name="source", probe_key=probe_key(mapper.src_prefix),
                         tls=options.src_tls)
     destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination",

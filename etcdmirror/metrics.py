@@ -66,6 +66,18 @@ class Metrics:
             "to the source's quorum state (NaN: not yet known)", **ns)
         replica_age.set_function(
             lambda: nan if status.replica_age is None else status.replica_age)
+        # -- the TTL keeper (etcdmirror.ttlkeeper) ------------------------------
+        self.ttl_tracked = Gauge(
+            "ttl_tracked_keys", "Keys and directories under the prefix with a TTL, whose "
+            "replica copies the mirror keeps alive", **ns)
+        self.ttl_refreshes = Counter(
+            "ttl_refreshes", "Replica copies whose TTL was refreshed because the source's "
+            "was renewed without an event", **ns)
+        self.ttl_expired_late = Counter(
+            "ttl_expired_late", "Replica copies found expired while the source's copy "
+            "lived (written again; a directory is resynchronised)", **ns)
+        self.ttl_source_reads = Counter(
+            "ttl_source_reads", "Source reads made to learn TTLs", **ns)
         divergent = Gauge(
             "divergent_keys", "Keys that differ from the source in the last periodic "
             "verify (NaN: not verified)", **ns)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import etcd
 from twisted.internet import defer
 
+from etcdmirror.applier import replica_ttl
 from etcdmirror.client import EtcdClient
 from etcdmirror.keys import INDEX_ROOT, KeyMapper, is_under
 
@@ -64,6 +65,8 @@ class ResyncReport:
     source_keys: int
     writes: int
     deletes: int
+    #: The snapshot's nodes that carry a TTL (for the TTL keeper).
+    ttl_nodes: Dict[str, NodeState] = field(default_factory=dict)
 
 
 def flatten(result: Any) -> Dict[str, NodeState]:
@@ -173,12 +176,13 @@ def execute(plan: Plan, destination: EtcdClient, retry: Retry = _once) -> defer.
             # change a node's type in place.
             yield retry(f"resync: deleting {key!r}", "destination",
                         lambda: _delete_quietly(destination, key, have))
+        ttl = None if node.ttl is None else replica_ttl(node.ttl)
         if node.dir:
             yield retry(f"resync: writing directory {key!r}", "destination",
-                        lambda: _write_dir(destination, key, node.ttl))
+                        lambda: _write_dir(destination, key, ttl))
         else:
             yield retry(f"resync: writing {key!r}", "destination",
-                        lambda: destination.put(key, node.value, ttl=node.ttl))
+                        lambda: destination.put(key, node.value, ttl=ttl))
         log.debug("resync: wrote %r", key)
     for key, node in plan.deletes:
         yield retry(f"resync: deleting {key!r}", "destination",
@@ -220,4 +224,5 @@ def resync(source: EtcdClient, destination: EtcdClient, mapper: KeyMapper,
     )
     yield execute(plan, destination, retry)
     return ResyncReport(src.etcd_index, src.cluster_id, len(src.nodes),
-                        len(plan.writes), len(plan.deletes))
+                        len(plan.writes), len(plan.deletes),
+                        {key: node for key, node in src.nodes.items() if node.ttl is not None})

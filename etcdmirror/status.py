@@ -50,6 +50,8 @@ class MirrorStatus:
     #: How the source is being read right now (set by the controller: the
     #: watch window's :meth:`~etcdmirror.watcher.WatchWindow.describe`).
     watch_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
+    #: The TTL keeper's counts (its :meth:`~etcdmirror.ttlkeeper.TtlKeeper.describe`).
+    ttl_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
 
     @property
     def lag(self) -> int:
@@ -114,4 +116,5 @@ class MirrorStatus:
             "last_error_time": self.last_error_time,
             "started_at": self.started_at,
             "watch": self.watch_info() if self.watch_info is not None else None,
+            "ttl": self.ttl_info() if self.ttl_info is not None else None,
         }
