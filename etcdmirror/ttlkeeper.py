@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds before a replica copy runs out that the source is read first ...
 LEAD = 1.0
+#: (LEAD grows to twice the last round's duration, up to this.)
+MAX_LEAD = 30.0
 #: ... and a last time, if the source had not moved.
 FINAL_LEAD = 0.4
 #: Seconds after a replica copy ran out to look for a renewal that slipped through.
@@ -308,7 +310,7 @@ class TtlKeeper:
         def done(result: Any) -> None:
             self._in_round = False
             # Give the next round time for what this one took.
-            self.lead = max(LEAD, 2 * (self.clock.seconds() - started))
+            self.lead = min(MAX_LEAD, max(LEAD, 2 * (self.clock.seconds() - started)))
             self._arm()
 
         d = self.check_due()

@@ -67,6 +67,11 @@ def _is_our_live_etcd(pid: int) -> bool:
     return comm == "etcd" and state != "Z" and int(ppid) == os.getpid()
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "soak: a long scenario; scripts/test runs it in one of its two passes")
+
+
 @pytest.fixture(scope="session")
 def etcd_pids() -> Set[int]:
     """Pids of etcd processes started by the fixtures in this session."""

@@ -128,3 +128,56 @@ def test_unknown_action_is_refused_without_touching_the_destination():
     EventApplier(None, KeyMapper("/a", "/b")).apply(event).addErrback(failures.append)
     assert failures[0].check(UnknownAction)
     assert "frobnicate" in str(failures[0].value) and "7" in str(failures[0].value)
+
+
+def test_a_resync_asked_for_by_the_ttl_keeper_interrupts_a_quiet_watch():
+    """A TTL'd directory ran out on the replica: resync now, not at the next event."""
+    clock = Clock()
+    c = make(clock)
+    c.index = c.persisted_index = 10
+    waits, resyncs = [], []
+
+    class QuietWindow:
+        def reset(self, next_index):
+            pass
+
+        def close(self):
+            pass
+
+        def next(self):
+            d = defer.Deferred(lambda d: waits.append("cancelled"))
+            waits.append(d)
+            return d
+
+    def resync(reason):
+        resyncs.append(reason)
+        c.stop()
+        return defer.succeed(None)
+
+    c.window, c._resync = QuietWindow(), resync
+    c._replicate().addErrback(lambda f: f.trap(_Stopping))
+    assert len(waits) == 1 and not resyncs
+    c._ttl_dir_expired("/a/tdir")
+    assert waits[-1] == "cancelled" and resyncs == ["ttl_expired"]
+
+
+def test_an_event_waits_for_a_ttl_refresh_in_progress():
+    clock = Clock()
+    dest = RecordingDestination()
+    c = make(clock, dest)
+    c.index = c.persisted_index = 10
+    applied = []
+
+    class Applier:
+        def apply(self, event, replaying=False):
+            applied.append(event.modifiedIndex)
+            return defer.succeed("applied")
+
+    event = etcd.EtcdResult(action="set", node={"key": "/a/x", "value": "1",
+                                                "modifiedIndex": 11})
+    c.applier = Applier()
+    assert c.gate.acquire() is None          # the TTL keeper is writing
+    c._apply(event)
+    assert applied == []
+    c.gate.release()
+    assert applied == [11] and c.index == 11 and not c.gate.held

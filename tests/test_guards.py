@@ -93,6 +93,7 @@ def test_identity_rule():
 class Event:
     def __init__(self, index):
         self.action, self.key, self.dir, self.value = "set", f"/a/k{index}", False, "v"
+        self.ttl = None
         self.modifiedIndex = index
 
 
