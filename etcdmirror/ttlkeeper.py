@@ -60,7 +60,7 @@ import itertools
 import logging
 import posixpath
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import etcd
 from twisted.internet import defer
@@ -166,6 +166,8 @@ class TtlKeeper:
         self._in_round = False
         self._running = False
         self._failing = False
+        #: Directories already reported run out (a resync is on its way).
+        self._dirs_reported: Set[str] = set()
         self.refreshes = 0
         self.expired_late = 0
 
@@ -214,6 +216,7 @@ class TtlKeeper:
         """
         self._nodes.clear()
         self._heap.clear()
+        self._dirs_reported.clear()
         for key, node in nodes.items():
             if node.ttl is None or self.mapper.ignored(key) or self.mapper.to_dst(key) == "/":
                 continue
@@ -247,6 +250,7 @@ class TtlKeeper:
 
     def _track(self, entry: Tracked) -> None:
         self._nodes[entry.key] = entry
+        self._dirs_reported.discard(entry.key)
         now = self.clock.seconds()
         due = now if entry.replica_expires is None else next_check(
             now, entry.replica_expires, self.lead)
@@ -447,16 +451,21 @@ class TtlKeeper:
 
         Fires with True when the key was written again.
         """
-        self.expired_late += 1
-        self.metrics.ttl_expired_late.inc()
         index = self.applied_index()
         if entry.dir:
+            self._schedule(entry, self.clock.seconds() + 5 * RETRY_DELAY)
+            if entry.key in self._dirs_reported:
+                return False
+            self._dirs_reported.add(entry.key)
+            self.expired_late += 1
+            self.metrics.ttl_expired_late.inc()
             log.warning("TTL keeper: the replica's copy of directory %r ran out while the "
                         "source's lives on (replica index %d); its children went with it, "
                         "resynchronising", key, index)
-            self._schedule(entry, self.clock.seconds() + 5 * RETRY_DELAY)
             self.on_dir_expired(entry.key)
             return False
+        self.expired_late += 1
+        self.metrics.ttl_expired_late.inc()
         log.warning("TTL keeper: the replica's copy of %r ran out while the source's lives "
                     "on (replica index %d); writing it again with ttl %d", key, index, ttl)
         try:

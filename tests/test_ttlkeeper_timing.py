@@ -273,3 +273,15 @@ def test_events_track_and_forget():
     keeper.applied(Event("/a/x", "v", None), APPLIED)        # made permanent
     keeper.applied(Event("/a/d", None, None, action="delete", dir=True), APPLIED)
     assert keeper.describe()["tracked"] == 0
+
+
+def test_a_directory_gone_is_reported_once_until_it_is_tracked_anew():
+    clock = Clock()
+    keeper, src, dst, _, _, expired_dirs = make(clock)
+    src.nodes["/a/d"] = [None, clock.seconds() + 60, True]
+    keeper.applied(Event("/a/d", None, 3, dir=True), APPLIED)
+    clock.pump([0.1] * 200)                     # the resync has not come yet
+    assert expired_dirs == ["/a/d"] and keeper.expired_late == 1
+    keeper.applied(Event("/a/d", None, 3, dir=True), APPLIED)
+    clock.pump([0.1] * 50)
+    assert expired_dirs == ["/a/d", "/a/d"] and keeper.expired_late == 2
