@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 APPLIED = "applied"
 REPLAYED = "replayed"
 IGNORED = "ignored"
+#: The destination's copy had run out on its TTL; the event wrote it again.
+TTL_REWRITE = "ttl_rewrite"
+OUTCOMES = (APPLIED, REPLAYED, IGNORED, TTL_REWRITE)
 
 #: Seconds added to every TTL written on the replica.  The replica's copy then
 #: outlives the source's, whose ``expire`` event removes it; and the TTL
@@ -94,7 +97,7 @@ class EventApplier:
         self.mapper = mapper
 
     def apply(self, event: Any, replaying: bool = False) -> defer.Deferred:
-        """Apply ``event``; fires with APPLIED, REPLAYED or IGNORED.
+        """Apply ``event``; fires with APPLIED, REPLAYED, IGNORED or TTL_REWRITE.
 
         ``replaying`` says the event may have been applied before a crash
         together with later ones (it is below the replay horizon): the
@@ -116,7 +119,7 @@ class EventApplier:
             ))
         key = self.mapper.to_dst(event.key)
         d = getattr(self, "_" + action)(event, key)
-        d.addCallback(lambda result: REPLAYED if result == REPLAYED else APPLIED)
+        d.addCallback(lambda result: result if result in (REPLAYED, TTL_REWRITE) else APPLIED)
         if replaying:
             d.addErrback(_ahead_of_the_event)
         return d
@@ -213,7 +216,7 @@ class EventApplier:
                         "ran out there while the mirror was behind); writing it again",
                         describe(event), key)
             yield self.destination.put(key, event.value, ttl=_ttl(event))
-            return APPLIED
+            return TTL_REWRITE
         raise Divergence(
             f"{describe(event)} failed on the destination key {key!r} "
             f"({failure.getErrorMessage()}); expected "

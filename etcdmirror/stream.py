@@ -84,6 +84,8 @@ class StreamFollower:
         self.opened = 0
         self.from_history = 0
         self.early_renewals = 0
+        #: Times the stream was given up for plain watches (a buffering proxy).
+        self.fallbacks = 0
         self._stream: Optional[EventStream] = None
         self._from = 0
         self._last = 0
@@ -234,6 +236,7 @@ class StreamFollower:
                         "request per event from now on (--no-watch-stream makes "
                         "this permanent)", self.prefix)
             self.enabled = False
+            self.fallbacks += 1
         self.close()
         self.on_error(failure)
         return None

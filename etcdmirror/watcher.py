@@ -129,6 +129,7 @@ class WatchWindow:
             "streams_opened": self.stream.opened,
             "streams_from_history": self.stream.from_history,
             "early_renewals": self.early_renewals + self.stream.early_renewals,
+            "stream_fallbacks": self.stream.fallbacks,
         }
 
     def close(self) -> None:
