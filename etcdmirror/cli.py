@@ -16,6 +16,7 @@ import click
 from etcdmirror import __version__
 from etcdmirror.endpoints import Cluster, EndpointError, parse_cluster
 from etcdmirror.keys import KeyMapper, PrefixError, compile_ignore, normalize_prefix
+from etcdmirror.logs import LEVELS
 
 log = logging.getLogger("etcdmirror")
 
@@ -132,7 +133,15 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
     "prefix on another cluster. " + URL_HELP + " Exit status: 0 clean stop, 1 the "
     "operator is needed (the log says why), 2 usage error.",
 )
-@click.option("-d", "--debug", is_flag=True, help="Show debug output: one line per event.")
+@click.option("-d", "--debug", is_flag=True,
+              help="Log at debug level (the same as --log-level debug).")
+@click.option("--log-level", type=click.Choice(list(LEVELS)), default="info",
+              show_default=True,
+              help="Least important messages logged. Under systemd, lines carry their "
+              "syslog priority for journald (journalctl -p err) instead of a timestamp.")
+@click.option("--event-log/--no-event-log", default=True, show_default=True,
+              help="Log one INFO line per replicated event, as 0.0.12 did: \"Replicating "
+              "key KEY at index N (action, outcome)\", and one per key a resync writes.")
 @click.option(
     "--reload", is_flag=True,
     help="Bring the destination to a consistent snapshot of the source (only the "
@@ -180,7 +189,8 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
               help="Validate the options and exit 0, without connecting to anything.")
 @click.version_option(__version__, "--version", message="%(version)s")
 @cluster_arguments
-def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: str,
+def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool,
+         src_prefix: str, dst_prefix: str,
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_stream: bool,
@@ -196,9 +206,9 @@ def main(debug: bool, reload: bool, strip: bool, src_prefix: str, dst_prefix: st
         click.echo(f"configuration ok: {src.display}{mapper.src_prefix} -> "
                    f"{dst.display}{mapper.dst_root} (index {mapper.index_key})")
         return
-    setup_logging(debug)
+    setup_logging(debug, level=LEVELS[log_level])
     from etcdmirror.controller import Options
-    options = Options(reload=reload, auto_resync=not no_auto_resync,
+    options = Options(reload=reload, event_log=event_log, auto_resync=not no_auto_resync,
                       on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout,
                       watch_concurrency=watch_concurrency, watch_stream=watch_stream,
                       verify_interval=verify_interval,
@@ -371,11 +381,9 @@ def setup_logging(debug: bool, level: int = logging.INFO) -> None:
         FilteringLogObserver, LogLevel, LogLevelFilterPredicate, STDLibLogObserver,
         globalLogBeginner)
 
-    logging.basicConfig(
-        level=logging.DEBUG if debug else level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from etcdmirror.logs import setup
+
+    setup(logging.DEBUG if debug else level)
     # Twisted's own chatter ("Starting factory ...") is noise; its warnings and
     # unhandled errors are not.
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)

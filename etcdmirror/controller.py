@@ -28,7 +28,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from etcdmirror import guards
 from etcdmirror import status as st
 from etcdmirror.applier import (
-    APPLIED, IGNORED, ApplyError, Divergence, EventApplier, ExpiredEarly, describe)
+    APPLIED, IGNORED, REPLAYED, TTL_REWRITE, ApplyError, Divergence, EventApplier,
+    ExpiredEarly, describe)
 from etcdmirror.backoff import Backoff
 from etcdmirror.client import EtcdClient, WatchProgress, is_transient
 from etcdmirror.errors import MirrorFatal
@@ -52,9 +53,16 @@ class _Stopping(Exception):
     """Raised inside the loop once a stop was requested."""
 
 
+#: How the event log words each outcome (after 0.0.12's "Replicating key K at index N").
+EVENT_LOG_OUTCOMES = {APPLIED: "applied", REPLAYED: "replay, already in effect",
+                      IGNORED: "ignored by regex", TTL_REWRITE: "TTL rewrite"}
+
+
 @dataclass
 class Options:
     reload: bool = False
+    #: One INFO line per event ("Replicating key K at index N (action, outcome)").
+    event_log: bool = True
     #: Watches in flight at once while catching up (1: one event per round trip).
     watch_concurrency: int = 16
     #: Once caught up, watch with ``stream=true``: no request per event.
@@ -446,9 +454,12 @@ class ReplicationController:
         self.metrics.events.labels(action=event.action, outcome=outcome).inc()
         if outcome == IGNORED:
             self.metrics.ignored_events.inc()
-        elif outcome != APPLIED:
+        elif outcome == REPLAYED:
             log.info("%s was already in effect on the destination (a replay, or a TTL "
                      "that expired there first)", describe(event))
+        if self.options.event_log:
+            log.info("Replicating key %s at index %d (%s, %s)", event.key, index,
+                     event.action, EVENT_LOG_OUTCOMES.get(outcome, outcome))
         self.status.replica_index = index
         self.status.last_event_time = self.clock.seconds()
         if event.key == self.options.heartbeat_key and event.action in ("set", "update"):
@@ -497,7 +508,7 @@ class ReplicationController:
             report = yield self._retrying(
                 f"resync ({reason})", "source",
                 lambda: resync(self.source, self.destination, self.mapper,
-                               retry=self._retrying))
+                               retry=self._retrying, log_writes=self.options.event_log))
         except etcd.EtcdException as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             raise MirrorFatal(f"resync ({reason}) failed: {e}") from None

@@ -168,8 +168,13 @@ def _once(what: str, side: str, operation: Callable[[], defer.Deferred]) -> defe
 
 
 @defer.inlineCallbacks
-def execute(plan: Plan, destination: EtcdClient, retry: Retry = _once) -> defer.Deferred:
-    """Carry out a plan: writes parents-first, then deletes.  Every step is idempotent."""
+def execute(plan: Plan, destination: EtcdClient, retry: Retry = _once,
+            log_writes: bool = True) -> defer.Deferred:
+    """Carry out a plan: writes parents-first, then deletes.  Every step is idempotent.
+
+    Each key written (with ``log_writes``) and each key deleted is logged at
+    INFO: a resync that deletes keys leaves a trail of which.
+    """
     for key, node, have in plan.writes:
         if have is not None and have.dir != node.dir:
             # A file became a dir or the other way round: etcd v2 cannot
@@ -183,11 +188,12 @@ def execute(plan: Plan, destination: EtcdClient, retry: Retry = _once) -> defer.
         else:
             yield retry(f"resync: writing {key!r}", "destination",
                         lambda: destination.put(key, node.value, ttl=ttl))
-        log.debug("resync: wrote %r", key)
+        if log_writes:
+            log.info("resync: wrote %s", key)
     for key, node in plan.deletes:
         yield retry(f"resync: deleting {key!r}", "destination",
                     lambda: _delete_quietly(destination, key, node))
-        log.debug("resync: deleted %r", key)
+        log.info("resync: deleted %s%s", key, " (and everything below it)" if node.dir else "")
 
 
 @defer.inlineCallbacks
@@ -209,7 +215,7 @@ def _delete_quietly(destination: EtcdClient, key: str, node: NodeState):
 
 @defer.inlineCallbacks
 def resync(source: EtcdClient, destination: EtcdClient, mapper: KeyMapper,
-           retry: Retry = _once):
+           retry: Retry = _once, log_writes: bool = True):
     """Reconcile the destination image of the source prefix; fires with a report."""
     src = yield retry(f"resync: reading the source under {mapper.src_prefix!r}", "source",
                       lambda: snapshot(source, mapper.src_prefix))
@@ -222,7 +228,7 @@ def resync(source: EtcdClient, destination: EtcdClient, mapper: KeyMapper,
         len(src.nodes), mapper.src_prefix, src.etcd_index, len(plan.writes),
         len(plan.deletes), mapper.dst_root,
     )
-    yield execute(plan, destination, retry)
+    yield execute(plan, destination, retry, log_writes)
     return ResyncReport(src.etcd_index, src.cluster_id, len(src.nodes),
                         len(plan.writes), len(plan.deletes),
                         {key: node for key, node in src.nodes.items() if node.ttl is not None})
