@@ -134,6 +134,7 @@ class ReplicationController:
             probe_interval=self.options.index_probe_interval,
             probe_threshold=self.options.index_probe_threshold,
             on_source_index=status.saw_source_index,
+            on_registered=self._source_registered_a_watch,
             stream=self.options.watch_stream)
         status.watch_info = self.window.describe
         #: Event writes, resyncs and TTL refreshes take turns on the destination.
@@ -234,6 +235,8 @@ class ReplicationController:
             guards.check_same_source(recorded, src.cluster_id, self.source.cluster.display)
         interrupted = yield self._read_optional(self.store.resync_marker_key)
         if self.options.reload or interrupted is not None:
+            # Safe to write: a reload or resync however long is not a start-up check.
+            self.status.checks_passed = True
             if not self.options.reload:
                 log.warning("A resync (%s) was interrupted before it finished; "
                             "resuming it before replicating", interrupted)
@@ -243,6 +246,7 @@ class ReplicationController:
         guards.check_not_rolled_back(self.index, src.etcd_index)
         if recorded is None and src.cluster_id:
             yield self._record_source_id(src.cluster_id)
+        self.status.checks_passed = True
         yield self._retrying(f"reading the TTL'd keys under {self.mapper.src_prefix!r}",
                              "source", self.ttl.load)
 
@@ -476,6 +480,12 @@ class ReplicationController:
         log.warning("%s Resynchronising from a snapshot.", message)
         yield self._resync("index_cleared")
 
+    def _source_registered_a_watch(self) -> None:
+        """Waiting for events on a quiet prefix is the loop moving too (systemd's
+        watchdog): the source answers the watches that renew themselves."""
+        if self._waiting_for_source:
+            self.status.loop_heartbeat = self.clock.seconds()
+
     def _ttl_dir_expired(self, key: str) -> None:
         """The TTL keeper found a TTL'd directory run out on the replica: resync."""
         if self._resync_wanted is None:
@@ -556,11 +566,14 @@ class ReplicationController:
         """
         backoff = self.backoff_factory()
         previous_state = None
+        status = self.status
         while True:
             self._check_running()
+            status.loop_heartbeat = self.clock.seconds()
             try:
                 result = yield self._interruptibly(operation())
             except Exception as e:
+                status.loop_heartbeat = self.clock.seconds()
                 if not is_transient(e):
                     raise
                 self._check_running()
@@ -579,6 +592,7 @@ class ReplicationController:
                 except defer.CancelledError:
                     self._check_running()
                 continue
+            status.loop_heartbeat = self.clock.seconds()
             if previous_state is not None:
                 log.info("%s: recovered after %d retries",
                          what() if callable(what) else what, backoff.attempts)

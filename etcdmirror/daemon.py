@@ -105,10 +105,7 @@ def _start_side_jobs(reactor: Any, source: EtcdClient, destination: EtcdClient,
         reactor.callWhenRunning(heartbeat.start)
 
     notifier = Notifier()
-    systemd = SystemdReporter(
-        notifier, status, reactor,
-        current_within=lambda: max(notifier.watchdog_seconds or 0.0,
-                                   2 * options.heartbeat_interval + options.watch_idle_timeout))
+    systemd = SystemdReporter(notifier, status, reactor)
     reactor.callWhenRunning(systemd.start)
     reactor.addSystemEventTrigger("before", "shutdown", systemd.stop)
 

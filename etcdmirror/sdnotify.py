@@ -2,21 +2,34 @@
 
 Under ``Type=notify`` systemd hands us ``$NOTIFY_SOCKET`` (a datagram socket,
 ``@`` for the abstract namespace) and, with ``WatchdogSec=``,
-``$WATCHDOG_USEC``.  We say READY=1 once the mirror replicates and is caught
-up, and WATCHDOG=1 only while the replica is *known* current (progress, or an
-idle prefix confirmed by a quorum read): a mirror that is stuck, or cut off
-from its source, stops kicking the watchdog and systemd restarts it.
-STATUS= carries a one-line summary for ``systemctl status``.
+``$WATCHDOG_USEC``.
+
+The watchdog means *alive*, not *fresh*: systemd restarts what stops kicking
+it, and a restart cannot heal a partition from the source or a destination
+that is down; it only adds a restart loop, and a start that never becomes
+ready blocks ``systemctl start`` and Puppet runs.  So READY=1 comes once the
+start-up safety checks passed (the HTTP interface listens before those
+start), and WATCHDOG=1 as long as the reactor turns (this timer runs) and
+the replication loop moves: retrying with backoff moves, a request stuck
+past every timeout does not.  How old the replica is goes to STATUS=, to
+``/healthz`` (``--max-replica-age``) and to the alerts.
 """
 
 import os
 import socket
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror import status as st
 from etcdmirror.periodic import Periodic
+
+
+#: Seconds without a move of the replication loop after which it counts as
+#: wedged.  Its longest honest pause: a backoff of up to 30 s, or a watch
+#: answer that started and stalls until it is given up after 30 s, plus the
+#: 10 s request timeout; twice that, for a slow machine.
+WEDGED_AFTER = 90.0
 
 
 class Notifier:
@@ -57,11 +70,11 @@ class SystemdReporter:
     """Drives READY/WATCHDOG/STATUS from the mirror's status."""
 
     def __init__(self, notifier: Notifier, status: st.MirrorStatus, clock: IReactorTime,
-                 current_within: Callable[[], float]) -> None:
+                 wedged_after: float = WEDGED_AFTER) -> None:
         self.notifier = notifier
         self.status = status
         self.clock = clock
-        self.current_within = current_within
+        self.wedged_after = wedged_after
         self.ready = False
         self._periodic = Periodic(clock, self.tick)
 
@@ -77,17 +90,14 @@ class SystemdReporter:
         self.notifier.send("STOPPING=1")
 
     def alive(self) -> bool:
-        """Kick the watchdog?  While resyncing, or replicating and known current."""
-        if self.status.state in (st.RELOADING, st.RESYNCING):
-            return True
-        age = self.status.replica_age
-        return (self.status.state == st.REPLICATING and age is not None
-                and age <= self.current_within())
+        """Kick the watchdog?  While the replication loop moved lately."""
+        beat = self.status.loop_heartbeat
+        return (self.status.state not in (st.FAILED, st.STOPPED) and beat is not None
+                and self.clock.seconds() - beat <= self.wedged_after)
 
     def tick(self) -> None:
         messages = [f"STATUS={summary(self.status)}"]
-        if (not self.ready and self.status.state == st.REPLICATING
-                and self.status.replica_age is not None):
+        if not self.ready and self.status.checks_passed and self.status.state != st.FAILED:
             self.ready = True
             messages.append("READY=1")
         if self.notifier.watchdog_seconds and self.alive():

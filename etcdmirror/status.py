@@ -45,6 +45,12 @@ class MirrorStatus:
     #: Keys found different by the last periodic verify (None: not checked).
     divergent_keys: Optional[int] = None
     last_verify_time: Optional[float] = None
+    #: The start-up safety checks passed (systemd: READY=1).
+    checks_passed: bool = False
+    #: When the replication loop last moved (a request began or ended, a retry
+    #: was scheduled, an event or progress came): a loop that stops moving is
+    #: wedged, and systemd's watchdog is no longer kicked.
+    loop_heartbeat: Optional[float] = None
     started_at: float = field(default_factory=time.time)
     clock: Callable[[], float] = field(default=time.time, repr=False)
     #: How the source is being read right now (set by the controller: the
@@ -115,6 +121,7 @@ class MirrorStatus:
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,
             "started_at": self.started_at,
+            "loop_heartbeat": self.loop_heartbeat,
             "watch": self.watch_info() if self.watch_info is not None else None,
             "ttl": self.ttl_info() if self.ttl_info is not None else None,
         }

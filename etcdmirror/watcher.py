@@ -55,6 +55,7 @@ class WatchWindow:
         probe_interval: float = 0.5,
         probe_threshold: int = 200,
         on_source_index: Optional[Callable[[int], None]] = None,
+        on_registered: Optional[Callable[[], None]] = None,
         stream: bool = True,
         max_buffered: int = 4096,
         max_buffered_bytes: int = 64 * 1024 * 1024,
@@ -67,6 +68,9 @@ class WatchWindow:
         self.probe_interval = probe_interval
         self.probe_threshold = probe_threshold
         self.on_source_index = on_source_index
+        #: Called whenever etcd registered one of our watches or streams: the
+        #: source is being read, even when there is nothing to read.
+        self.on_registered = on_registered
         #: Pause the stream when this many events, or values of this many
         #: bytes, wait to be applied.
         self.max_buffered = max(2, max_buffered)
@@ -232,6 +236,8 @@ class WatchWindow:
         if self._watches.get(w) is not watch or etcd_index is None:
             return
         self._saw(etcd_index)
+        if self.on_registered is not None:
+            self.on_registered()
         self._timers[w] = self.clock.callLater(self.idle_timeout, watch.finish, self.clock)
         self._start_probe()
         self._fill()
@@ -273,6 +279,8 @@ class WatchWindow:
 
     def _stream_registered(self, etcd_index: int) -> None:
         self._saw(etcd_index)
+        if self.on_registered is not None:
+            self.on_registered()
         self._start_probe()
 
     def _streamed(self, w: int, answer: Answer) -> None:

@@ -1,4 +1,4 @@
-"""systemd notify: READY once caught up, WATCHDOG only while known current, STATUS."""
+"""systemd notify: READY once the start-up checks passed, WATCHDOG while the loop moves, STATUS."""
 
 import os
 import socket
@@ -36,8 +36,10 @@ def received(sock):
             return out
 
 
-def test_ready_watchdog_and_status_from_a_real_mirror(src, dst, mirror, etcd_src,
+def test_ready_watchdog_and_status_from_a_real_mirror(src, dst, mirror, etcd_dst,
                                                       notify_socket):
+    """The watchdog means alive: a destination down for longer than the watchdog
+    interval keeps it kicked, nothing restarts, replication resumes."""
     path, sock = notify_socket
     src.set(PREFIX + "/a", "1")
     m = mirror(src.url, dst.url, "--reload", "--src-prefix", PREFIX,
@@ -48,19 +50,25 @@ def test_ready_watchdog_and_status_from_a_real_mirror(src, dst, mirror, etcd_src
              message="watchdog kicks")
     assert lines.count("READY=1") == 1
     assert any(line.startswith("STATUS=replicating: replica index") for line in lines)
-    # Cut off from the source: the replica is no longer known current, so the
-    # watchdog is no longer kicked and systemd would restart the mirror.
-    etcd_src.stop()
+    # A quiet prefix: the loop still moves (idle watches are renewed).
+    first = m.status()["loop_heartbeat"]
+    wait_for(lambda: m.status()["loop_heartbeat"] > first + 1, message="the loop moving")
+    etcd_dst.stop()
     try:
-        wait_for(lambda: m.status()["replica_age_seconds"] is not None
-                 and m.status()["replica_age_seconds"] > 2.5, timeout=20)
+        src.set(PREFIX + "/b", "during the outage")
+        wait_for(lambda: m.status()["state"] == "retrying", message="retrying")
         received(sock)
         seen = []
+        # Three watchdog intervals without a destination: kicked all along.
         wait_for(lambda: seen.extend(received(sock)) or
-                 sum(line.startswith("STATUS=") for line in seen) >= 3, timeout=10)
-        assert "WATCHDOG=1" not in seen
+                 sum(line.startswith("STATUS=retrying") for line in seen) >= 6, timeout=20)
+        assert seen.count("WATCHDOG=1") >= 5, seen
+        assert m.proc.poll() is None
     finally:
-        etcd_src.restart()
+        etcd_dst.restart()
+    wait_for(lambda: dst.get("/replica" + PREFIX + "/b")[0] == 200, timeout=30,
+             message="replication resumed")
+    assert m.status()["state"] == "replicating" and m.proc.poll() is None
     m.stop()
     assert "STOPPING=1" in received(sock)
 
@@ -82,22 +90,45 @@ class Recorder:
         self.sent.append(message)
 
 
-def test_watchdog_only_while_known_current():
+def test_ready_after_the_checks_and_watchdog_while_the_loop_moves():
     clock = Clock()
     status = st.MirrorStatus("s", "d", "/a", "/b", "/__replication/b", clock=clock.seconds)
     notifier = Recorder()
-    reporter = SystemdReporter(notifier, status, clock, current_within=lambda: 10.0)
+    reporter = SystemdReporter(notifier, status, clock, wedged_after=30.0)
     reporter.start()
-    assert "READY=1" not in notifier.sent[-1]      # starting: not ready, no kick
-    status.state = st.REPLICATING
-    status.fresh_as_of = clock.seconds()
-    clock.advance(1)
-    assert notifier.sent[-1].split("\n")[1:] == ["READY=1", "WATCHDOG=1"]
+    assert notifier.sent[-1].split("\n")[1:] == []     # nothing checked, nothing moved
+    status.loop_heartbeat = clock.seconds()            # probing, retrying...
     clock.advance(1)
     assert notifier.sent[-1].split("\n")[1:] == ["WATCHDOG=1"]
-    clock.advance(10)                               # not confirmed fresh for 11 s
+    status.checks_passed = True                        # safe to replicate: ready
+    status.state = st.RELOADING                        # however long the reload takes
+    clock.advance(1)
+    assert notifier.sent[-1].split("\n")[1:] == ["READY=1", "WATCHDOG=1"]
+    status.state = st.REPLICATING
+    # Stale (no fresh-as-of for minutes) but moving: alive.
+    for _ in range(100):
+        status.loop_heartbeat = clock.seconds()
+        clock.advance(1)
+        assert notifier.sent[-1].split("\n")[1:] == ["WATCHDOG=1"]
+    # The loop stops moving (a request stuck past every timeout): no more kicks.
+    clock.advance(29)
+    assert "WATCHDOG=1" in notifier.sent[-1]
+    clock.advance(2)
     assert "WATCHDOG=1" not in notifier.sent[-1]
-    status.state = st.RESYNCING                     # a long resync keeps kicking
+    status.loop_heartbeat = clock.seconds()
     clock.advance(1)
     assert "WATCHDOG=1" in notifier.sent[-1]
-    assert summary(status).startswith("resyncing: replica index 0")
+    status.state = st.FAILED
+    clock.advance(1)
+    assert "WATCHDOG=1" not in notifier.sent[-1]
+    assert summary(status).startswith("failed: replica index 0")
+
+
+def test_no_ready_when_the_checks_fail():
+    clock = Clock()
+    status = st.MirrorStatus("s", "d", "/a", "/b", "/__replication/b", clock=clock.seconds)
+    notifier = Recorder()
+    SystemdReporter(notifier, status, clock).start()
+    status.state = st.FAILED
+    clock.advance(5)
+    assert not any("READY=1" in message for message in notifier.sent)
