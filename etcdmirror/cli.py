@@ -221,8 +221,8 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=URL_HELP + " Exit status: 0 identical, 1 different (or the comparison "
-    "failed), 2 usage error.",
+    epilog=URL_HELP + " Exit status (diff's convention): 0 identical, 1 different, 2 the "
+    "trees could not be compared (or a usage error).",
 )
 @click.option("-d", "--debug", is_flag=True, help="Show debug output.")
 @mapping_options
@@ -246,11 +246,17 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="DST is the destination cluster's URL (or comma-separated endpoints). Exit "
-    "status: 0 fresh, 1 older than --max-age or unknown, 2 usage error.",
+    epilog="DST is the destination cluster's URL (or comma-separated endpoints). Prints "
+    "one status line, with the age as performance data. Exit status (Nagios/NRPE "
+    "plugin convention): 0 OK, 1 WARNING (older than --warning), 2 CRITICAL (older "
+    "than --critical), 3 UNKNOWN (the age cannot be read); a usage error exits 2.",
 )
-@click.option("--max-age", required=True, metavar="SECONDS", type=click.FloatRange(min=0),
-              help="Exit 1 when the replica is older than this.")
+@click.option("-w", "--warning", type=click.FloatRange(min=0), metavar="SECONDS",
+              default=None, help="WARNING (exit 1) when the replica is older than this "
+              "(default: the same as --critical).")
+@click.option("-c", "--critical", "--max-age", type=click.FloatRange(min=0), metavar="SECONDS",
+              required=True, help="CRITICAL (exit 2) when the replica is older than this. "
+              "--max-age is its old name.")
 @click.option("--dst-prefix", default="/replica", show_default=True, callback=_prefix,
               help="The mirror's --dst-prefix.")
 @click.option("--heartbeat-key", default=None, metavar="KEY",
@@ -262,24 +268,32 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
 @side_options("dst")
 @click.version_option(__version__, "--version", message="%(version)s")
 @click.argument("dst", metavar="DST", callback=_cluster)
-def freshness_main(max_age: float, dst_prefix: str, heartbeat_key: Optional[str],
-                   src_prefix: str, strip: bool, dst: Cluster, **sides: Any) -> None:
+def freshness_main(warning: Optional[float], critical: float, dst_prefix: str,
+                   heartbeat_key: Optional[str], src_prefix: str, strip: bool, dst: Cluster,
+                   **sides: Any) -> None:
     """How old is the replica? Reads only the destination; prints the age in seconds.
 
-    For scripts that act on the replica's configuration: stop acting when this
-    exits non-zero, the replica may be cut off from its source.
+    A Nagios/NRPE check, and for scripts that act on the replica's
+    configuration: stop acting when this exits non-zero, the replica may be
+    cut off from its source.
     """
+    if warning is None or warning > critical:
+        warning = critical
     dst, dst_tls = resolve_side(dst, "dst", sides)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip)
     if heartbeat_key is not None:
         _check_heartbeat_key(heartbeat_key, mapper)
     setup_logging(False, level=logging.WARNING)
     from twisted.internet import task
-    task.react(_freshness, (dst, mapper, heartbeat_key, max_age, dst_tls))
+    task.react(_freshness, (dst, mapper, heartbeat_key, warning, critical, dst_tls))
+
+
+#: Nagios plugin exit statuses.
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
 
 def _freshness(reactor: Any, dst: Cluster, mapper: KeyMapper, heartbeat_key: Optional[str],
-               max_age: float, dst_tls: Any):
+               warning: float, critical: float, dst_tls: Any):
     import time
 
     from etcdmirror.client import EtcdClient
@@ -297,17 +311,20 @@ def _freshness(reactor: Any, dst: Cluster, mapper: KeyMapper, heartbeat_key: Opt
             when = fresh.time if fresh else None
             what = f"identical to the source up to index {fresh.index}" if fresh else ""
         if when is None:
-            click.echo(f"unknown: no usable value in {key} on {dst.display}")
-            raise SystemExit(1)
+            click.echo(f"UNKNOWN: no usable value in {key} on {dst.display}")
+            raise SystemExit(UNKNOWN)
         age = max(0.0, time.time() - when)
-        click.echo(f"{age:.1f} s ({what}, as of {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))})")
-        if age > max_age:
-            raise SystemExit(1)
+        code, word = ((CRITICAL, "CRITICAL") if age > critical else
+                      (WARNING, "WARNING") if age > warning else (OK, "OK"))
+        as_of = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))
+        click.echo(f"{word}: replica age {age:.1f} s ({what}, as of {as_of}) "
+                   f"| age={age:.1f}s;{warning:g};{critical:g};0")
+        raise SystemExit(code)
 
     def failed(failure: Any) -> None:
         failure.trap(Exception)
-        click.echo(f"unknown: {failure.getErrorMessage()}", err=True)
-        raise SystemExit(1)
+        click.echo(f"UNKNOWN: {failure.getErrorMessage()}")
+        raise SystemExit(UNKNOWN)
 
     d = store.read_optional(key)
     d.addCallbacks(report, failed)
@@ -334,7 +351,7 @@ def _verify(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper, src_tls
     def failed(failure: Any) -> None:
         failure.trap(Exception)
         click.echo(f"could not compare: {failure.getErrorMessage()}", err=True)
-        raise SystemExit(1)
+        raise SystemExit(2)
 
     d = verify_once(source, destination, mapper)
     d.addCallbacks(report, failed)

@@ -2,6 +2,7 @@
 /healthz turning 503 when stale.  Real etcd, plus the timers on a fake clock."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -29,7 +30,8 @@ def test_heartbeat_replicates_and_gives_the_age(src, dst, mirror):
     wait_for(lambda: dst.get(IMAGE + "/heartbeat")[0] == 200)
     value = float(dst.get(IMAGE + "/heartbeat")[1]["node"]["value"])
     assert abs(time.time() - value) < 30
-    wait_for(lambda: 0 <= m.metric("etcdmirror_lag_seconds") < 30)
+    wait_for(lambda: 0 <= m.metric("etcdmirror_heartbeat_age_seconds") < 30)
+    assert m.metric("etcdmirror_lag_seconds") >= 0   # the old name, until 1.0
     result = freshness("--max-age", "30", "--heartbeat-key", PREFIX + "/heartbeat",
                        "--src-prefix", PREFIX, dst.url)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -43,14 +45,23 @@ def test_published_freshness_and_a_cut_off_source(src, dst, mirror, etcd_src):
     wait_for(lambda: dst.get(FRESH_KEY)[0] == 200)
     doc = json.loads(dst.get(FRESH_KEY)[1]["node"]["value"])
     assert doc["index"] >= 1 and abs(time.time() - doc["time"]) < 30
-    assert freshness("--max-age", "30", dst.url).returncode == 0
+    ok = freshness("--warning", "20", "--critical", "30", dst.url)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    line, = ok.stdout.splitlines()
+    assert re.match(r"OK: replica age \d+\.\d s \(identical to the source up to index \d+, "
+                    r"as of .*\) \| age=\d+\.\ds;20;30;0$", line), line
+    assert freshness("--max-age", "30", dst.url).returncode == 0   # the old name
     wait_for(lambda: m.status()["replica_age_seconds"] is not None)
     assert m.healthy()
     # The source is cut off: the replica only gets older.
     etcd_src.stop()
     try:
-        wait_for(lambda: freshness("--max-age", "2", dst.url).returncode == 1, timeout=20,
-                 message="freshness reporting a stale replica")
+        wait_for(lambda: freshness("-w", "1", "-c", "60", dst.url).returncode == 1,
+                 timeout=20, message="WARNING for a replica older than 1 s")
+        wait_for(lambda: freshness("--warning", "1", "--critical", "2",
+                                   dst.url).returncode == 2, timeout=20,
+                 message="CRITICAL for a replica older than 2 s")
+        assert freshness("-c", "2", dst.url).stdout.startswith("CRITICAL: replica age")
         wait_for(lambda: not m.healthy(), timeout=20, message="/healthz 503")
         assert m.status()["replica_age_seconds"] > 2
     finally:
@@ -58,9 +69,11 @@ def test_published_freshness_and_a_cut_off_source(src, dst, mirror, etcd_src):
     wait_for(m.healthy, timeout=30, message="fresh again once the source is back")
 
 
-def test_unknown_freshness_exits_1(dst):
-    result = freshness("--max-age", "100", dst.url)
-    assert result.returncode == 1 and "unknown" in result.stdout
+def test_unknown_freshness_exits_3(dst):
+    result = freshness("--critical", "100", dst.url)
+    assert result.returncode == 3 and result.stdout.startswith("UNKNOWN: no usable value")
+    down = freshness("--critical", "100", "http://127.0.0.1:1")
+    assert down.returncode == 3 and down.stdout.startswith("UNKNOWN: "), down.stdout
 
 
 def test_heartbeat_key_must_be_replicated():

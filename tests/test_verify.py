@@ -46,9 +46,9 @@ def test_differences_are_listed_and_exit_1(src, dst):
     assert "5 differences" in out
 
 
-def test_unreachable_cluster_exit_1(src):
+def test_unreachable_cluster_exit_2(src):
     result = verify(src.url, f"http://127.0.0.1:{free_port()}")
-    assert result.returncode == 1 and "could not compare" in result.stderr
+    assert result.returncode == 2 and "could not compare" in result.stderr
 
 
 def test_usage_error_exit_2():
