@@ -10,6 +10,7 @@ global one.  Labelled counters start with a 0 series for every known label,
 so that ``rate()`` and alerts work before the first event.
 """
 
+import time
 from typing import Any, Callable, Dict, Iterator, Optional
 
 from prometheus_client import (
@@ -32,6 +33,21 @@ SIDES = ("source", "destination")
 #: appear when they first happen.
 ERROR_KINDS = ("EtcdUnavailable", "EtcdTimeout", "BadResponse", "Divergence",
                "ExpiredEarly", "UnknownAction")
+
+
+class _ProcessCollector(ProcessCollector):
+    """``process_*`` also under systemd's ``ProcSubset=pid``, which hides /proc/stat.
+
+    prometheus_client reads the boot time from /proc/stat and exports no
+    ``process_*`` at all without it; the kernel's boot-time clock gives the
+    same number.
+    """
+
+    def _boot_time(self) -> float:
+        try:
+            return super()._boot_time()
+        except OSError:
+            return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
 class _FromStatus:
@@ -59,7 +75,7 @@ class Metrics:
                  url: str, prefix: str) -> None:
         self.registry = registry
         # What prometheus_client's default registry holds, as in 0.0.12.
-        ProcessCollector(registry=registry)
+        _ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         if GC_COLLECTOR is not None:  # CPython only
             GCCollector(registry=registry)
