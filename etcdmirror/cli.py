@@ -1,4 +1,4 @@
-"""The ``etcd-mirror`` command line, compatible with etcd-mirror 0.0.12.
+"""The command lines, ``etcd-mirror``'s compatible with etcd-mirror 0.0.12: parsing only.
 
 Everything the operator typed is validated here, before any connection, so a
 typo is a usage error (exit 2) naming the flag rather than a daemon that
@@ -9,7 +9,7 @@ starts and dies.  Exit statuses: 0 clean stop, 1 needs an operator (systemd:
 import logging
 import re
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import click
 
@@ -241,7 +241,9 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
     setup_logging(debug, level=logging.WARNING)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
     from twisted.internet import task
-    task.react(_verify, (src, dst, mapper, src_tls, dst_tls))
+    from etcdmirror.verify import verify_command
+    task.react(verify_command, (src, dst, mapper, src_tls, dst_tls, click.echo,
+                                lambda line: click.echo(line, err=True)))
 
 
 @click.command(
@@ -285,77 +287,9 @@ def freshness_main(warning: Optional[float], critical: float, dst_prefix: str,
         _check_heartbeat_key(heartbeat_key, mapper)
     setup_logging(False, level=logging.WARNING)
     from twisted.internet import task
-    task.react(_freshness, (dst, mapper, heartbeat_key, warning, critical, dst_tls))
-
-
-#: Nagios plugin exit statuses.
-OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
-
-
-def _freshness(reactor: Any, dst: Cluster, mapper: KeyMapper, heartbeat_key: Optional[str],
-               warning: float, critical: float, dst_tls: Any):
-    import time
-
-    from etcdmirror.client import EtcdClient
-    from etcdmirror.freshness import FreshAsOf, parse_heartbeat
-    from etcdmirror.indexstore import IndexStore
-
-    store = IndexStore(EtcdClient(dst, reactor, name="destination", tls=dst_tls), mapper)
-    key = mapper.to_dst(heartbeat_key) if heartbeat_key else store.key + ".fresh-as-of"
-
-    def report(value: Optional[str]) -> None:
-        if heartbeat_key:
-            when, what = parse_heartbeat(value), f"heartbeat {key}"
-        else:
-            fresh = FreshAsOf.decode(value) if value is not None else None
-            when = fresh.time if fresh else None
-            what = f"identical to the source up to index {fresh.index}" if fresh else ""
-        if when is None:
-            click.echo(f"UNKNOWN: no usable value in {key} on {dst.display}")
-            raise SystemExit(UNKNOWN)
-        age = max(0.0, time.time() - when)
-        code, word = ((CRITICAL, "CRITICAL") if age > critical else
-                      (WARNING, "WARNING") if age > warning else (OK, "OK"))
-        as_of = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))
-        click.echo(f"{word}: replica age {age:.1f} s ({what}, as of {as_of}) "
-                   f"| age={age:.1f}s;{warning:g};{critical:g};0")
-        raise SystemExit(code)
-
-    def failed(failure: Any) -> None:
-        failure.trap(Exception)
-        click.echo(f"UNKNOWN: {failure.getErrorMessage()}")
-        raise SystemExit(UNKNOWN)
-
-    d = store.read_optional(key)
-    d.addCallbacks(report, failed)
-    return d
-
-
-def _verify(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper, src_tls: Any,
-            dst_tls: Any):
-    from etcdmirror.client import EtcdClient
-    from etcdmirror.verify import verify_once
-
-    source = EtcdClient(src, reactor, name="source", tls=src_tls)
-    destination = EtcdClient(dst, reactor, name="destination", tls=dst_tls)
-
-    def report(found: List[Any]) -> None:
-        for difference in found:
-            click.echo(difference.describe())
-        where = f"{src.display}{mapper.src_prefix} and {dst.display}{mapper.dst_root}"
-        if found:
-            click.echo(f"{len(found)} differences between {where}")
-            raise SystemExit(1)
-        click.echo(f"identical: {where}")
-
-    def failed(failure: Any) -> None:
-        failure.trap(Exception)
-        click.echo(f"could not compare: {failure.getErrorMessage()}", err=True)
-        raise SystemExit(2)
-
-    d = verify_once(source, destination, mapper)
-    d.addCallbacks(report, failed)
-    return d
+    from etcdmirror.freshness import check_freshness
+    task.react(check_freshness, (dst, mapper, heartbeat_key, warning, critical, dst_tls,
+                                 click.echo))
 
 
 def _check_heartbeat_key(key: str, mapper: KeyMapper) -> None:

@@ -8,9 +8,9 @@ The index is persisted in batches (every ``persist_events`` events or
 never ahead of what was applied; after a crash the events since the persisted
 index are replayed, which the applier recognises.
 
-Every transient fault (connection refused or reset, timeouts, 5xx, an etcd
-restart on either side) is retried with capped, jittered backoff, resuming at
-the same event.  Everything else that stops replication is a
+Transient faults are retried (:mod:`etcdmirror.retry`), resuming at the same
+event; the TTL keeper's writes take turns with the events' through the
+:class:`~etcdmirror.gate.WriteGate`.  Everything else that stops replication is a
 :class:`~etcdmirror.errors.MirrorFatal`: logged with the key, the index and
 the cause, and turned into exit status 1 so that systemd does not restart
 into the same wall.
@@ -19,7 +19,7 @@ into the same wall.
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
 import etcd
 from twisted.internet import defer
@@ -31,7 +31,7 @@ from etcdmirror.applier import (
     APPLIED, IGNORED, REPLAYED, TTL_REWRITE, ApplyError, Divergence, EventApplier,
     ExpiredEarly, describe)
 from etcdmirror.backoff import Backoff
-from etcdmirror.client import EtcdClient, WatchProgress, is_transient
+from etcdmirror.client import EtcdClient, WatchProgress
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.freshness import parse_heartbeat
 from etcdmirror.gate import WriteGate
@@ -39,6 +39,7 @@ from etcdmirror.indexstore import IndexStore, horizon_value
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import resync
+from etcdmirror.retry import Retrier
 from etcdmirror.ttlkeeper import TtlKeeper
 from etcdmirror.watcher import WatchWindow
 
@@ -124,7 +125,9 @@ class ReplicationController:
         self.metrics = metrics
         self.clock = clock
         self.options = options or Options()
-        self.backoff_factory = backoff_factory
+        #: ``self._retrying(what, side, operation)``: see :mod:`etcdmirror.retry`.
+        self._retrying = Retrier(clock, status, metrics, backoff_factory,
+                                 self._check_running, self._interruptibly)
         self.applier = EventApplier(destination, mapper)
         self.store = IndexStore(destination, mapper)
         self.window = WatchWindow(
@@ -515,10 +518,10 @@ class ReplicationController:
         yield self._retrying(f"marking the resync in {marker!r}", "destination",
                              lambda: self.store.put(marker, reason))
         try:
-            report = yield self._retrying(
-                f"resync ({reason})", "source",
-                lambda: resync(self.source, self.destination, self.mapper,
-                               retry=self._retrying, log_writes=self.options.event_log))
+            # Each request of the resync is retried on its own; nothing else in
+            # it can fail for a transient reason.
+            report = yield resync(self.source, self.destination, self.mapper,
+                                  retry=self._retrying, log_writes=self.options.event_log)
         except etcd.EtcdException as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             raise MirrorFatal(f"resync ({reason}) failed: {e}") from None
@@ -541,7 +544,7 @@ class ReplicationController:
             "index %d", reason, time.perf_counter() - started, report.source_keys,
             report.writes, report.deletes, self.index)
 
-    # -- retries -------------------------------------------------------------
+    # -- waits a stop interrupts -----------------------------------------------
 
     @defer.inlineCallbacks
     def _interruptibly(self, d: defer.Deferred):
@@ -555,53 +558,3 @@ class ReplicationController:
         finally:
             self._interruptible = None
         return result
-
-    @defer.inlineCallbacks
-    def _retrying(self, what: Union[str, Callable[[], str]], side: str,
-                  operation: Callable[[], defer.Deferred]):
-        """Run ``operation`` until it succeeds or fails for a non-transient reason.
-
-        ``what`` names the operation in logs; it may be a callable, so that the
-        hot path does not format a message that is only needed on errors.
-        """
-        backoff = self.backoff_factory()
-        previous_state = None
-        status = self.status
-        while True:
-            self._check_running()
-            status.loop_heartbeat = self.clock.seconds()
-            try:
-                result = yield self._interruptibly(operation())
-            except Exception as e:
-                status.loop_heartbeat = self.clock.seconds()
-                if not is_transient(e):
-                    raise
-                self._check_running()
-                delay = backoff.next_delay()
-                self.metrics.retries.labels(side=side).inc()
-                self.metrics.errors.labels(kind=type(e).__name__).inc()
-                self.status.error(str(e))
-                if previous_state is None:
-                    previous_state = self.status.state
-                self.status.state = st.RETRYING
-                if callable(what):
-                    what = what()
-                log.warning("%s failed: %s; retrying in %.1fs", what, e, delay)
-                try:
-                    yield self._interruptibly(_sleep(self.clock, delay))
-                except defer.CancelledError:
-                    self._check_running()
-                continue
-            status.loop_heartbeat = self.clock.seconds()
-            if previous_state is not None:
-                log.info("%s: recovered after %d retries",
-                         what() if callable(what) else what, backoff.attempts)
-                if self.status.state == st.RETRYING:
-                    self.status.state = previous_state
-            return result
-
-
-def _sleep(clock: IReactorTime, seconds: float) -> defer.Deferred:
-    d: defer.Deferred = defer.Deferred(lambda d: call.cancel())
-    call = clock.callLater(seconds, d.callback, None)
-    return d

@@ -16,6 +16,7 @@ from etcdmirror.client import EtcdClient, make_pool
 from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.endpoints import Cluster
 from etcdmirror.freshness import FreshnessTracker, Heartbeat
+from etcdmirror.indexstore import IndexStore
 from etcdmirror.keys import KeyMapper, probe_key
 from etcdmirror.metrics import Metrics
 from etcdmirror.sdnotify import Notifier, SystemdReporter
@@ -48,7 +49,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
                         name="source", probe_key=probe_key(mapper.src_prefix),
                         tls=options.src_tls)
     destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination",
-                             probe_key=mapper.index_key + ".probe", tls=options.dst_tls)
+                             probe_key=IndexStore.probe_key_for(mapper), tls=options.dst_tls)
     controller = ReplicationController(source, destination, mapper, status, metrics,
                                        reactor, options)
     try:

@@ -22,13 +22,15 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror.client import EtcdClient
+from etcdmirror.endpoints import Cluster
 from etcdmirror.indexstore import IndexStore
+from etcdmirror.keys import KeyMapper
 from etcdmirror.periodic import Periodic
 
 log = logging.getLogger(__name__)
@@ -115,7 +117,7 @@ class FreshnessTracker:
 
     @property
     def key(self) -> str:
-        return self.store.key + ".fresh-as-of"
+        return self.store.fresh_as_of_key
 
     def start(self) -> None:
         self._periodic.start(self.interval)
@@ -150,3 +152,49 @@ class FreshnessTracker:
             self.fresh_as_of = pending
             self._pending = None
             self.on_fresh(pending)
+
+
+# -- etcd-mirror-freshness ------------------------------------------------------
+
+#: Nagios plugin exit statuses.
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+
+
+def check_freshness(reactor: Any, dst: Cluster, mapper: KeyMapper,
+                    heartbeat_key: Optional[str], warning: float, critical: float,
+                    dst_tls: Any, echo: Callable[[str], None]) -> defer.Deferred:
+    """The body of ``etcd-mirror-freshness``: one status line, a Nagios exit status.
+
+    Reads the freshness the mirror publishes (or the replica of its
+    heartbeat key) from the destination only.  Ends in :class:`SystemExit`
+    with 0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN.
+    """
+    store = IndexStore(EtcdClient(dst, reactor, name="destination", tls=dst_tls), mapper)
+    key = mapper.to_dst(heartbeat_key) if heartbeat_key else store.fresh_as_of_key
+
+    def report(value: Optional[str]) -> None:
+        if heartbeat_key:
+            when, what = parse_heartbeat(value), f"heartbeat {key}"
+        else:
+            fresh = FreshAsOf.decode(value) if value is not None else None
+            when = fresh.time if fresh else None
+            what = f"identical to the source up to index {fresh.index}" if fresh else ""
+        if when is None:
+            echo(f"UNKNOWN: no usable value in {key} on {dst.display}")
+            raise SystemExit(UNKNOWN)
+        age = max(0.0, time.time() - when)
+        code, word = ((CRITICAL, "CRITICAL") if age > critical else
+                      (WARNING, "WARNING") if age > warning else (OK, "OK"))
+        as_of = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))
+        echo(f"{word}: replica age {age:.1f} s ({what}, as of {as_of}) "
+             f"| age={age:.1f}s;{warning:g};{critical:g};0")
+        raise SystemExit(code)
+
+    def failed(failure: Any) -> None:
+        failure.trap(Exception)
+        echo(f"UNKNOWN: {failure.getErrorMessage()}")
+        raise SystemExit(UNKNOWN)
+
+    d = store.read_optional(key)
+    d.addCallbacks(report, failed)
+    return d

@@ -12,7 +12,13 @@ continue from an index we wrote and we from one it wrote:
 * ``<index>.replay-horizon``: no event above this index has been applied.
   The index is persisted in batches, so after a crash the events between the
   persisted index and the horizon may be applied already and are replayed
-  with relaxed checks.
+  with relaxed checks;
+* ``<index>.fresh-as-of``: when the replica was last known identical to the
+  source (:mod:`etcdmirror.freshness`);
+* ``<index>.probe``: never written; reading it tells the destination's index
+  (credentials limited to the index keys may read it).
+
+Every sibling key's name is here and nowhere else.
 """
 
 from typing import Optional
@@ -34,6 +40,13 @@ class IndexStore:
         self.source_id_key = self.key + ".source-cluster-id"
         self.resync_marker_key = self.key + ".resync-in-progress"
         self.horizon_key = self.key + ".replay-horizon"
+        self.fresh_as_of_key = self.key + ".fresh-as-of"
+        self.probe_key = self.probe_key_for(mapper)
+
+    @staticmethod
+    def probe_key_for(mapper: KeyMapper) -> str:
+        """The destination key a probe reads (before there is a client to store with)."""
+        return mapper.index_key + ".probe"
 
     @defer.inlineCallbacks
     def read_index(self):

@@ -415,6 +415,8 @@ class TtlKeeper:
         doing = f"refreshing the TTL of {key!r}"
         try:
             try:
+                log.debug("TTL keeper: refreshing %s to ttl %d (replica index %d)", key, new_ttl,
+                          self.applied_index())
                 yield self.destination.put(key, dir=entry.dir, ttl=new_ttl, refresh=True,
                                            prev_exist=True)
                 self.refreshes += 1

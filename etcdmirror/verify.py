@@ -13,12 +13,13 @@ on the source between the two source reads.
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror.client import EtcdClient
+from etcdmirror.endpoints import Cluster
 from etcdmirror.keys import KeyMapper
 from etcdmirror.periodic import Periodic
 from etcdmirror.resync import NodeState, make_plan, snapshot
@@ -127,3 +128,33 @@ class PeriodicVerifier:
         if a is None or b is None:
             return a is b
         return a.dir == b.dir and a.value == b.value
+
+
+def verify_command(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
+                   src_tls: Any, dst_tls: Any, echo: Callable[[str], None],
+                   echo_error: Callable[[str], None]) -> defer.Deferred:
+    """The body of ``etcd-mirror-verify``: print every difference.
+
+    Ends in :class:`SystemExit` as ``diff`` does: 0 identical, 1 different,
+    2 the trees could not be compared.
+    """
+    source = EtcdClient(src, reactor, name="source", tls=src_tls)
+    destination = EtcdClient(dst, reactor, name="destination", tls=dst_tls)
+
+    def report(found: List[Difference]) -> None:
+        for difference in found:
+            echo(difference.describe())
+        where = f"{src.display}{mapper.src_prefix} and {dst.display}{mapper.dst_root}"
+        if found:
+            echo(f"{len(found)} differences between {where}")
+            raise SystemExit(1)
+        echo(f"identical: {where}")
+
+    def failed(failure: Any) -> None:
+        failure.trap(Exception)
+        echo_error(f"could not compare: {failure.getErrorMessage()}")
+        raise SystemExit(2)
+
+    d = verify_once(source, destination, mapper)
+    d.addCallbacks(report, failed)
+    return d
