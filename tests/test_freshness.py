@@ -100,6 +100,7 @@ class FakeSource:
 
 class FakeStore:
     key = "/__replication/r"
+    fresh_as_of_key = key + ".fresh-as-of"
 
     def __init__(self):
         self.puts = []
