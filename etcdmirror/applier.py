@@ -105,7 +105,7 @@ class EventApplier:
         or a state error is accepted as a replay; the later events, which are
         replayed too, bring the key to its final state.
 
-        Transient errors (:func:`etcdmirror.client.is_transient`) propagate
+        Transient errors (:func:`etcdmirror.answers.is_transient`) propagate
         unchanged so the caller can retry the same event.
         """
         if self.mapper.ignored(event.key):

@@ -27,11 +27,12 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from etcdmirror import guards
 from etcdmirror import status as st
+from etcdmirror.answers import WatchProgress
 from etcdmirror.applier import (
     APPLIED, IGNORED, REPLAYED, TTL_REWRITE, ApplyError, Divergence, EventApplier,
     ExpiredEarly, describe)
 from etcdmirror.backoff import Backoff
-from etcdmirror.client import EtcdClient, WatchProgress
+from etcdmirror.client import EtcdClient
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.freshness import parse_heartbeat
 from etcdmirror.gate import WriteGate

@@ -16,7 +16,7 @@ so reading never waits for writing.
 *whole cluster*.  etcd answers a watch's headers as soon as it registers it;
 their ``X-Etcd-Index`` is the store index at that moment, so a watch on
 ``waitIndex = w`` that stays pending proves that no event under the prefix
-exists in ``[w, X-Etcd-Index]`` (:class:`~etcdmirror.client.WatchProgress`).
+exists in ``[w, X-Etcd-Index]`` (:class:`~etcdmirror.answers.WatchProgress`).
 A pending watch is renewed when it was idle for ``idle_timeout`` seconds,
 and also as soon as a cheap probe of the source's index shows the cluster
 moved ``probe_threshold`` events past its registration, long before 1000
@@ -35,9 +35,11 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from etcdmirror.client import Answer, EtcdClient, PendingWatch, WatchProgress
+from etcdmirror.answers import Answer, WatchProgress
+from etcdmirror.client import EtcdClient
 from etcdmirror.periodic import Periodic
 from etcdmirror.stream import StreamFollower
+from etcdmirror.watches import PendingWatch
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +240,7 @@ class WatchWindow:
         self._saw(etcd_index)
         if self.on_registered is not None:
             self.on_registered()
-        self._timers[w] = self.clock.callLater(self.idle_timeout, watch.finish, self.clock)
+        self._timers[w] = self.clock.callLater(self.idle_timeout, watch.finish)
         self._start_probe()
         self._fill()
 
@@ -325,7 +327,7 @@ class WatchWindow:
                 log.debug("source moved from %d to %d: renewing the watch at %d early",
                           watch.etcd_index, current, w)
                 self.early_renewals += 1
-                watch.finish(self.clock)
+                watch.finish()
         if streaming:
             self.stream.probed(current, token)
 

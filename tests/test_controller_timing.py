@@ -11,9 +11,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from etcdmirror import status as st
+from etcdmirror.answers import EtcdUnavailable
 from etcdmirror.applier import EventApplier, UnknownAction
 from etcdmirror.backoff import Backoff
-from etcdmirror.client import EtcdUnavailable
 from etcdmirror.controller import Options, ReplicationController, _Stopping
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics

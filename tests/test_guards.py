@@ -7,8 +7,8 @@ from twisted.internet.task import Clock
 
 from etcdmirror import guards
 from etcdmirror import status as st
+from etcdmirror.answers import Answer
 from etcdmirror.applier import APPLIED
-from etcdmirror.client import Answer
 from etcdmirror.controller import ReplicationController
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.keys import KeyMapper

@@ -1,11 +1,11 @@
 """Hostile or broken answers never escape as anything but an etcd error type.
 
-Property tests of the client's answer parser: whatever bytes, status and
-headers arrive (junk, truncated JSON, HTML error pages, wrong types, huge
-values), the result is a usable :class:`Answer` or an ``EtcdException``
-(:class:`BadResponse`/:class:`EtcdUnavailable` are retried, the others stop
-the mirror with the cause); never a KeyError, TypeError or AttributeError
-in the middle of the reactor.
+Property tests of the answer parser (:func:`etcdmirror.answers.parse_answer`):
+whatever bytes, status and headers arrive (junk, truncated JSON, HTML error
+pages, wrong types, huge values), the result is a usable :class:`Answer` or
+an ``EtcdException`` (:class:`BadResponse`/:class:`EtcdUnavailable` are
+retried, the others stop the mirror with the cause); never a KeyError,
+TypeError or AttributeError in the middle of the reactor.
 """
 
 import json
@@ -13,12 +13,8 @@ import json
 import etcd
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.task import Clock
 
-from etcdmirror.client import Answer, EtcdClient
-from etcdmirror.endpoints import parse_cluster
-
-CLIENT = EtcdClient(parse_cluster("http://127.0.0.1:1"), Clock(), pool=object(), name="src")
+from etcdmirror.answers import Answer, parse_answer
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
                     st.text(max_size=20))
@@ -40,7 +36,7 @@ payloads = st.fixed_dictionaries({}, optional={
 
 def parse(body, code, etcd_index):
     try:
-        answer = CLIENT._parse(body, code, etcd_index, "cid", "GET '/k' on src")
+        answer = parse_answer(body, code, etcd_index, "cid", "GET '/k' on src")
     except etcd.EtcdException as e:
         assert "GET '/k' on src" in str(e)
         return None

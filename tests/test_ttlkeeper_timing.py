@@ -16,8 +16,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from etcdmirror import status as st
+from etcdmirror.answers import Answer, EtcdUnavailable
 from etcdmirror.applier import APPLIED, REPLAYED, TTL_GRACE
-from etcdmirror.client import Answer, EtcdUnavailable
 from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
