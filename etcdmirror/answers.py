@@ -17,8 +17,10 @@ but an ``EtcdException``.  Which errors are worth another endpoint is
 :func:`is_transient`; moving to it is the caller's business.
 """
 
+import dataclasses
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Dict, Optional, Union
 
 import etcd
@@ -54,13 +56,77 @@ def is_transient(failure: Union[Failure, BaseException]) -> bool:
     return isinstance(payload, dict) and payload.get("errorCode") in TRANSIENT_ERROR_CODES
 
 
-@dataclass
-class Answer:
-    """A successful etcd answer: the node(s) and the indexes from the headers."""
+@dataclass(frozen=True)
+class Node:
+    """A node as an answer carries it, under etcd's own field names.
 
-    result: etcd.EtcdResult
+    ``key`` and ``modifiedIndex`` are None only for the root directory in a
+    read: etcd leaves them out there, and gives every other node both.
+    """
+
+    key: Optional[str]
+    value: Optional[str]
+    dir: bool
+    ttl: Optional[int]
+    expiration: Optional[str]
+    modifiedIndex: Optional[int]
+
+
+@dataclass(frozen=True)
+class Event(Node):
+    """What an answer says happened: ``action`` on the node, which was ``prevNode`` before.
+
+    For a watch, the source's event; for a write, what the write did.
+    ``prevNode`` is None when the node did not exist before (or etcd did not
+    say).
+    """
+
+    action: str
+    prevNode: Optional[Node]
+
+    @classmethod
+    def from_payload(cls, payload: Dict[str, Any]) -> "Event":
+        """The event in a decoded answer (``action``, ``node``, optional ``prevNode``)."""
+        node, prev = payload["node"], payload.get("prevNode")
+        prev_node = Node(prev.get("key"), prev.get("value"), bool(prev.get("dir")),
+                         prev.get("ttl"), prev.get("expiration"),
+                         prev.get("modifiedIndex")) if prev else None
+        return cls(node.get("key"), node.get("value"),
+                   # Read as python-etcd reads it (its issue 38: a write's
+                   # answer may leave "dir" out): a directory stays one.
+                   bool(node.get("dir")) or (prev_node is not None and prev_node.dir),
+                   node.get("ttl"), node.get("expiration"), node.get("modifiedIndex"),
+                   payload["action"], prev_node)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful etcd answer: what it says happened and the indexes from the headers.
+
+    ``event`` is all that replicating needs; ``result`` is the same answer as
+    python-etcd's :class:`etcd.EtcdResult`, with the whole tree of a
+    recursive read (``get_subtree()``), built when first asked for.
+    """
+
+    event: Event
     etcd_index: int
     cluster_id: Optional[str]
+    #: The decoded answer (``action``, ``node``, ``prevNode``) behind :attr:`result`.
+    payload: Dict[str, Any] = dataclasses.field(repr=False, compare=False)
+
+    @classmethod
+    def from_payload(cls, payload: Dict[str, Any], etcd_index: int,
+                     cluster_id: Optional[str] = None) -> "Answer":
+        """The answer for a decoded body that :func:`parse_answer` found well formed."""
+        return cls(Event.from_payload(payload), etcd_index, cluster_id, payload)
+
+    @cached_property
+    def result(self) -> etcd.EtcdResult:
+        payload = self.payload
+        result = etcd.EtcdResult(
+            action=payload["action"], node=payload["node"], prevNode=payload.get("prevNode"))
+        result.etcd_index = self.etcd_index
+        return result
 
 
 @dataclass
@@ -106,10 +172,7 @@ def parse_answer(body: bytes, code: int, etcd_index: Optional[int],
     problem = _malformed(payload)
     if problem:
         raise BadResponse(f"{what}: malformed answer ({problem}): {_excerpt(body)}")
-    result = etcd.EtcdResult(
-        action=payload["action"], node=payload["node"], prevNode=payload.get("prevNode"))
-    result.etcd_index = etcd_index
-    return Answer(result, etcd_index, cluster_id)
+    return Answer.from_payload(payload, etcd_index, cluster_id)
 
 
 def error_for(code: int, payload: Optional[Dict[str, Any]], body: bytes,

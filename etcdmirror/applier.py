@@ -18,6 +18,7 @@ from typing import Any, Optional
 import etcd
 from twisted.internet import defer
 
+from etcdmirror.answers import Event
 from etcdmirror.client import EtcdClient
 from etcdmirror.keys import KeyMapper
 
@@ -44,7 +45,7 @@ ACTIONS = WRITE_ACTIONS + DELETE_ACTIONS
 class ApplyError(Exception):
     """An event that cannot be applied; the mirror must stop or resync."""
 
-    def __init__(self, message: str, event: Any = None) -> None:
+    def __init__(self, message: str, event: Optional[Event] = None) -> None:
         super().__init__(message)
         self.event = event
 
@@ -67,15 +68,15 @@ class ExpiredEarly(ApplyError):
     """
 
 
-def describe(event: Any) -> str:
+def describe(event: Event) -> str:
     """One line naming the event, for logs and errors."""
     kind = "dir" if event.dir else "key"
     return f"{event.action} of {kind} {event.key!r} at index {event.modifiedIndex}"
 
 
-def _had_ttl(event: Any) -> bool:
+def _had_ttl(event: Event) -> bool:
     """The node the event replaced carried a TTL (prevNode has ttl/expiration)."""
-    prev = getattr(event, "_prev_node", None)
+    prev = event.prevNode
     return prev is not None and (prev.ttl is not None or prev.expiration is not None)
 
 
@@ -84,9 +85,8 @@ def replica_ttl(source_ttl: int) -> int:
     return int(source_ttl) + TTL_GRACE
 
 
-def _ttl(node: Any) -> Optional[int]:
-    ttl = getattr(node, "ttl", None)
-    return replica_ttl(ttl) if ttl is not None else None
+def _ttl(event: Event) -> Optional[int]:
+    return replica_ttl(event.ttl) if event.ttl is not None else None
 
 
 class EventApplier:
@@ -96,7 +96,7 @@ class EventApplier:
         self.destination = destination
         self.mapper = mapper
 
-    def apply(self, event: Any, replaying: bool = False) -> defer.Deferred:
+    def apply(self, event: Event, replaying: bool = False) -> defer.Deferred:
         """Apply ``event``; fires with APPLIED, REPLAYED, IGNORED or TTL_REWRITE.
 
         ``replaying`` says the event may have been applied before a crash
@@ -126,7 +126,7 @@ class EventApplier:
 
     # -- writes ------------------------------------------------------------
 
-    def _set(self, event: Any, key: str) -> defer.Deferred:
+    def _set(self, event: Event, key: str) -> defer.Deferred:
         if not event.dir:
             d = self.destination.put(key, event.value, ttl=_ttl(event))
             d.addErrback(self._check_replay, event, key, etcd.EtcdNotFile)
@@ -137,22 +137,22 @@ class EventApplier:
         d.addErrback(self._refresh_existing_dir, event, key)
         return d
 
-    def _create(self, event: Any, key: str) -> defer.Deferred:
+    def _create(self, event: Event, key: str) -> defer.Deferred:
         d = self.destination.put(
             key, event.value, dir=bool(event.dir), ttl=_ttl(event), prev_exist=False
         )
         d.addErrback(self._check_replay, event, key, etcd.EtcdAlreadyExist)
         return d
 
-    def _update(self, event: Any, key: str) -> defer.Deferred:
+    def _update(self, event: Event, key: str) -> defer.Deferred:
         d = self.destination.put(
             key, event.value, dir=bool(event.dir), ttl=_ttl(event), prev_exist=True
         )
         d.addErrback(self._check_replay, event, key, etcd.EtcdKeyNotFound, etcd.EtcdNotFile)
         return d
 
-    def _compareAndSwap(self, event: Any, key: str) -> defer.Deferred:
-        prev = getattr(event, "_prev_node", None)
+    def _compareAndSwap(self, event: Event, key: str) -> defer.Deferred:
+        prev = event.prevNode
         if prev is None or prev.value is None:
             return defer.fail(ApplyError(
                 f"{describe(event)} has no prevNode value to compare against", event
@@ -165,15 +165,15 @@ class EventApplier:
 
     # -- deletes -----------------------------------------------------------
 
-    def _delete(self, event: Any, key: str) -> defer.Deferred:
+    def _delete(self, event: Event, key: str) -> defer.Deferred:
         d = self.destination.delete(key, recursive=bool(event.dir), dir=bool(event.dir))
         d.addErrback(self._already_gone)
         return d
 
     _expire = _delete
 
-    def _compareAndDelete(self, event: Any, key: str) -> defer.Deferred:
-        prev = getattr(event, "_prev_node", None)
+    def _compareAndDelete(self, event: Event, key: str) -> defer.Deferred:
+        prev = event.prevNode
         if prev is None or prev.value is None:
             return defer.fail(ApplyError(
                 f"{describe(event)} has no prevNode value to compare against", event
@@ -191,14 +191,14 @@ class EventApplier:
         failure.trap(etcd.EtcdKeyNotFound)
         return REPLAYED
 
-    def _refresh_existing_dir(self, failure: Any, event: Any, key: str) -> defer.Deferred:
+    def _refresh_existing_dir(self, failure: Any, event: Event, key: str) -> defer.Deferred:
         failure.trap(etcd.EtcdNotFile)
         d = self.destination.put(key, dir=True, ttl=_ttl(event), prev_exist=True)
         d.addErrback(self._check_replay, event, key, etcd.EtcdKeyNotFound, etcd.EtcdNotFile)
         return d
 
     @defer.inlineCallbacks
-    def _check_replay(self, failure: Any, event: Any, key: str, *expected: type):
+    def _check_replay(self, failure: Any, event: Event, key: str, *expected: type):
         """After a failed condition: was the event applied already?"""
         failure.trap(*expected)
         found = yield self.destination.get_or_none(key)
@@ -236,7 +236,7 @@ def _ahead_of_the_event(failure: Any) -> str:
     return REPLAYED
 
 
-def _matches(found: Any, event: Any) -> bool:
+def _matches(found: Optional[etcd.EtcdResult], event: Event) -> bool:
     """True when the destination node already is what ``event`` leaves behind."""
     if event.action in DELETE_ACTIONS:
         return found is None
@@ -245,7 +245,7 @@ def _matches(found: Any, event: Any) -> bool:
     return bool(event.dir) or found.value == event.value
 
 
-def _show(node: Any) -> str:
+def _show(node: Optional[etcd.EtcdResult]) -> str:
     if node is None:
         return "no key"
     if node.dir:
@@ -253,7 +253,7 @@ def _show(node: Any) -> str:
     return f"value {node.value!r}"
 
 
-def _show_expected(event: Any) -> str:
+def _show_expected(event: Event) -> str:
     if event.action in DELETE_ACTIONS:
         return "no key"
     return "a directory" if event.dir else f"value {event.value!r}"

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from etcdmirror import guards
 from etcdmirror import status as st
-from etcdmirror.answers import WatchProgress
+from etcdmirror.answers import Event, WatchProgress
 from etcdmirror.applier import (
     APPLIED, IGNORED, REPLAYED, TTL_REWRITE, ApplyError, Divergence, EventApplier,
     ExpiredEarly, describe)
@@ -370,7 +370,7 @@ class ReplicationController:
                     yield self._check_rollback()
                 yield self._progress(outcome.etcd_index)
                 continue
-            event = outcome.result
+            event = outcome.event
             self.status.saw_source_index(max(outcome.etcd_index, event.modifiedIndex))
             if event.modifiedIndex <= self.index:
                 log.warning("ignoring stale delivery of %s: index %d is already applied",
@@ -404,7 +404,7 @@ class ReplicationController:
             self._flush_later(wait)
 
     @defer.inlineCallbacks
-    def _apply(self, event: Any):
+    def _apply(self, event: Event):
         index = event.modifiedIndex
         if log.isEnabledFor(logging.DEBUG):
             log.debug("event %s", describe(event))

@@ -185,7 +185,7 @@ class StreamFollower:
     def _event(self, stream: EventStream, answer: Answer) -> None:
         if stream is not self._stream:
             return
-        index = answer.result.modifiedIndex
+        index = answer.event.modifiedIndex
         if index < self.position:
             # etcd sends a stream's events in index order; anything else is
             # not something we can place.

@@ -67,6 +67,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from etcdmirror.answers import Event
 from etcdmirror.applier import DELETE_ACTIONS, IGNORED, REPLAYED, replica_ttl
 from etcdmirror.client import EtcdClient
 from etcdmirror.gate import WriteGate
@@ -228,7 +229,7 @@ class TtlKeeper:
                      "index %d)", len(self._nodes), etcd_index)
         return len(self._nodes)
 
-    def applied(self, event: Any, outcome: str) -> None:
+    def applied(self, event: Event, outcome: str) -> None:
         """The controller applied ``event`` with ``outcome``: follow what it did to TTLs."""
         ttl = event.ttl
         if ttl is None and not self._nodes:

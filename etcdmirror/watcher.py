@@ -158,7 +158,7 @@ class WatchWindow:
         if self._next in self._results:
             answer = self._results.pop(self._next)
             self._buffered_bytes -= _value_size(answer)
-            self._advance(answer.result.modifiedIndex + 1)
+            self._advance(answer.event.modifiedIndex + 1)
             if (self.stream.paused and len(self._results) <= self.max_buffered // 2
                     and self._buffered_bytes <= self.max_buffered_bytes // 2):
                 self.stream.resume()
@@ -249,7 +249,7 @@ class WatchWindow:
             return  # dropped meanwhile: its answer is covered by another one
         self._drop(w)
         if isinstance(outcome, Answer):
-            event_index = outcome.result.modifiedIndex
+            event_index = outcome.event.modifiedIndex
             self._saw(max(outcome.etcd_index, event_index))
             self._results[w] = outcome
             self._buffered_bytes += _value_size(outcome)
@@ -286,7 +286,7 @@ class WatchWindow:
         self._start_probe()
 
     def _streamed(self, w: int, answer: Answer) -> None:
-        self._saw(max(answer.etcd_index, answer.result.modifiedIndex))
+        self._saw(max(answer.etcd_index, answer.event.modifiedIndex))
         self._results[w] = answer
         self._buffered_bytes += _value_size(answer)
         if self.stream.active and not self.stream.paused and (
@@ -334,4 +334,4 @@ class WatchWindow:
 
 def _value_size(answer: Answer) -> int:
     """What an event waiting to be applied holds in memory, roughly: its value."""
-    return len(answer.result.value or "")
+    return len(answer.event.value or "")

@@ -11,7 +11,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from etcdmirror import status as st
-from etcdmirror.answers import EtcdUnavailable
+from etcdmirror.answers import EtcdUnavailable, Event
 from etcdmirror.applier import EventApplier, UnknownAction
 from etcdmirror.backoff import Backoff
 from etcdmirror.controller import Options, ReplicationController, _Stopping
@@ -122,8 +122,8 @@ def test_progress_never_moves_the_index_back():
 
 
 def test_unknown_action_is_refused_without_touching_the_destination():
-    event = etcd.EtcdResult(action="frobnicate", node={"key": "/a/x", "value": "1",
-                                                       "modifiedIndex": 7})
+    event = Event.from_payload({"action": "frobnicate",
+                                "node": {"key": "/a/x", "value": "1", "modifiedIndex": 7}})
     failures = []
     EventApplier(None, KeyMapper("/a", "/b")).apply(event).addErrback(failures.append)
     assert failures[0].check(UnknownAction)
@@ -173,8 +173,8 @@ def test_an_event_waits_for_a_ttl_refresh_in_progress():
             applied.append(event.modifiedIndex)
             return defer.succeed("applied")
 
-    event = etcd.EtcdResult(action="set", node={"key": "/a/x", "value": "1",
-                                                "modifiedIndex": 11})
+    event = Event.from_payload({"action": "set",
+                                "node": {"key": "/a/x", "value": "1", "modifiedIndex": 11}})
     c.applier = Applier()
     assert c.gate.acquire() is None          # the TTL keeper is writing
     c._apply(event)

@@ -90,11 +90,10 @@ def test_identity_rule():
         guards.check_same_source("abc", "def", "s")
 
 
-class Event:
-    def __init__(self, index):
-        self.action, self.key, self.dir, self.value = "set", f"/a/k{index}", False, "v"
-        self.ttl = None
-        self.modifiedIndex = index
+def delivery(index):
+    """What the watch window hands over for the event at ``index``."""
+    node = {"key": f"/a/k{index}", "value": "v", "modifiedIndex": index}
+    return Answer.from_payload({"action": "set", "node": node}, 6)
 
 
 def test_an_event_at_or_below_the_applied_index_is_never_applied():
@@ -113,7 +112,7 @@ def test_an_event_at_or_below_the_applied_index_is_never_applied():
 
     c = ReplicationController(Source(), Destination(), KeyMapper("/a", "/b"), status,
                               Metrics(CollectorRegistry(), status, "u", "/b"), Clock())
-    deliveries = [Event(5), Event(5), Event(3), Event(6)]
+    deliveries = [delivery(5), delivery(5), delivery(3), delivery(6)]
 
     class Window:
         def reset(self, next_index):
@@ -126,7 +125,7 @@ def test_an_event_at_or_below_the_applied_index_is_never_applied():
             if not deliveries:
                 c.stop()
                 return defer.Deferred()
-            return defer.succeed(Answer(deliveries.pop(0), 6, None))
+            return defer.succeed(deliveries.pop(0))
 
     class Applier:
         def apply(self, event, replaying=False):

@@ -41,9 +41,19 @@ def parse(body, code, etcd_index):
         assert "GET '/k' on src" in str(e)
         return None
     assert isinstance(answer, Answer)
-    event = answer.result
+    event, result = answer.event, answer.result
     assert isinstance(event.action, str) and isinstance(event.modifiedIndex, (int, type(None)))
-    list(event.get_subtree())  # a usable tree, whatever the nesting
+    list(result.get_subtree())  # a usable tree, whatever the nesting
+    # Our event and python-etcd's result read the answer the same way.
+    for name in ("action", "key", "value", "ttl", "expiration", "modifiedIndex"):
+        assert getattr(event, name) == getattr(result, name)
+    assert event.dir is bool(result.dir)
+    prev = getattr(result, "_prev_node", None)
+    assert (event.prevNode is None) == (prev is None)
+    if prev is not None:
+        for name in ("key", "value", "ttl", "expiration", "modifiedIndex"):
+            assert getattr(event.prevNode, name) == getattr(prev, name)
+        assert event.prevNode.dir is bool(prev.dir)
     return answer
 
 
@@ -75,6 +85,7 @@ def test_well_formed_answers_parse():
                        "node": {"key": "/a", "value": "2", "modifiedIndex": 9, "ttl": 5},
                        "prevNode": {"key": "/a", "value": "1", "modifiedIndex": 8}}).encode()
     answer = parse(body, 200, 9)
-    assert answer.result.value == "2" and answer.result._prev_node.value == "1"
+    assert answer.event.value == "2" and answer.event.prevNode.value == "1"
+    assert answer.event.ttl == 5 and answer.event.modifiedIndex == 9
     assert parse(b"<html><body>502 Bad Gateway</body></html>", 502, None) is None
     assert parse(b"", 200, 5) is None

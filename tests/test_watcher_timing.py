@@ -5,7 +5,6 @@ against a real server in test_history.py and test_actions.py; here only our
 ordering, window and timers are exercised.
 """
 
-import etcd
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
@@ -50,9 +49,8 @@ class FakeSource:
 
     def event(self, wait_index, index, header=None):
         node = {"key": f"/p/k{index}", "value": "v", "modifiedIndex": index}
-        result = etcd.EtcdResult(action="set", node=node)
-        self.watches[wait_index].result.callback(
-            Answer(result, header if header is not None else index, None))
+        self.watches[wait_index].result.callback(Answer.from_payload(
+            {"action": "set", "node": node}, header if header is not None else index))
 
     def open(self):
         return sorted(w for w, d in self.watches.items() if not d.result.called)
@@ -84,8 +82,8 @@ class FakeSource:
         _, s, _, on_event, lines = self.streams[-1]
         node = {"key": f"/p/k{index}", "value": value, "modifiedIndex": index}
         lines.events += 1
-        on_event(Answer(etcd.EtcdResult(action="set", node=node),
-                        header if header is not None else s.etcd_index, None))
+        on_event(Answer.from_payload({"action": "set", "node": node},
+                                     header if header is not None else s.etcd_index))
 
     def stream_end(self):
         s = self.last_stream()
@@ -128,7 +126,7 @@ def window(clock, source, **kw):
 
 
 def indexes(outcomes):
-    return [o.result.modifiedIndex if isinstance(o, Answer) else ("progress", o.etcd_index)
+    return [o.event.modifiedIndex if isinstance(o, Answer) else ("progress", o.etcd_index)
             for o in outcomes]
 
 
