@@ -8,11 +8,12 @@ up as a failed condition instead of being silently overwritten.
 A failed condition is not automatically an error: the index is persisted after
 the event, so after a crash we may apply an event a second time.  When the
 destination already holds exactly what the event leaves behind, the event was
-applied before and that is fine (:data:`REPLAYED`).  Anything else is
+applied before and that is fine (:attr:`Outcome.REPLAYED`).  Anything else is
 :class:`Divergence`.
 """
 
 import logging
+from enum import Enum
 from typing import Any, Optional
 
 import etcd
@@ -24,12 +25,18 @@ from etcdmirror.keys import KeyMapper
 
 log = logging.getLogger(__name__)
 
-APPLIED = "applied"
-REPLAYED = "replayed"
-IGNORED = "ignored"
-#: The destination's copy had run out on its TTL; the event wrote it again.
-TTL_REWRITE = "ttl_rewrite"
-OUTCOMES = (APPLIED, REPLAYED, IGNORED, TTL_REWRITE)
+
+class Outcome(Enum):
+    """What applying an event did; the value is its ``outcome`` metric label."""
+
+    APPLIED = "applied"
+    #: The destination already held what the event leaves behind.
+    REPLAYED = "replayed"
+    #: The key matches the ignore regex: nothing was written.
+    IGNORED = "ignored"
+    #: The destination's copy had run out on its TTL; the event wrote it again.
+    TTL_REWRITE = "ttl_rewrite"
+
 
 #: Seconds added to every TTL written on the replica.  The replica's copy then
 #: outlives the source's, whose ``expire`` event removes it; and the TTL
@@ -97,7 +104,7 @@ class EventApplier:
         self.mapper = mapper
 
     def apply(self, event: Event, replaying: bool = False) -> defer.Deferred:
-        """Apply ``event``; fires with APPLIED, REPLAYED, IGNORED or TTL_REWRITE.
+        """Apply ``event``; fires with its :class:`Outcome`.
 
         ``replaying`` says the event may have been applied before a crash
         together with later ones (it is below the replay horizon): the
@@ -109,7 +116,7 @@ class EventApplier:
         unchanged so the caller can retry the same event.
         """
         if self.mapper.ignored(event.key):
-            return defer.succeed(IGNORED)
+            return defer.succeed(Outcome.IGNORED)
         action = event.action
         if action not in ACTIONS:
             return defer.fail(UnknownAction(
@@ -119,7 +126,7 @@ class EventApplier:
             ))
         key = self.mapper.to_dst(event.key)
         d = getattr(self, "_" + action)(event, key)
-        d.addCallback(lambda result: result if result in (REPLAYED, TTL_REWRITE) else APPLIED)
+        d.addCallback(lambda result: result if isinstance(result, Outcome) else Outcome.APPLIED)
         if replaying:
             d.addErrback(_ahead_of_the_event)
         return d
@@ -186,10 +193,10 @@ class EventApplier:
     # -- replay checks -----------------------------------------------------
 
     @staticmethod
-    def _already_gone(failure: Any) -> str:
+    def _already_gone(failure: Any) -> Outcome:
         """A delete of a key that is not there has its effect already."""
         failure.trap(etcd.EtcdKeyNotFound)
-        return REPLAYED
+        return Outcome.REPLAYED
 
     def _refresh_existing_dir(self, failure: Any, event: Event, key: str) -> defer.Deferred:
         failure.trap(etcd.EtcdNotFile)
@@ -203,7 +210,7 @@ class EventApplier:
         failure.trap(*expected)
         found = yield self.destination.get_or_none(key)
         if _matches(found, event):
-            return REPLAYED
+            return Outcome.REPLAYED
         if found is None and event.action in ("update", "compareAndSwap") and _had_ttl(event):
             # The destination's copy ran out on the destination's clock; the
             # source renewed it in time.  The event says what the key is now.
@@ -216,7 +223,7 @@ class EventApplier:
                         "ran out there while the mirror was behind); writing it again",
                         describe(event), key)
             yield self.destination.put(key, event.value, ttl=_ttl(event))
-            return TTL_REWRITE
+            return Outcome.TTL_REWRITE
         raise Divergence(
             f"{describe(event)} failed on the destination key {key!r} "
             f"({failure.getErrorMessage()}); expected "
@@ -231,9 +238,9 @@ STATE_ERRORS = (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdNotFile,
                 etcd.EtcdNotDir, etcd.EtcdAlreadyExist, etcd.EtcdDirNotEmpty, Divergence)
 
 
-def _ahead_of_the_event(failure: Any) -> str:
+def _ahead_of_the_event(failure: Any) -> Outcome:
     failure.trap(*STATE_ERRORS)
-    return REPLAYED
+    return Outcome.REPLAYED
 
 
 def _matches(found: Optional[etcd.EtcdResult], event: Event) -> bool:

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from etcdmirror import status as st
 from etcdmirror.answers import EtcdUnavailable, Event
-from etcdmirror.applier import EventApplier, UnknownAction
+from etcdmirror.applier import EventApplier, Outcome, UnknownAction
 from etcdmirror.backoff import Backoff
 from etcdmirror.controller import Options, ReplicationController, _Stopping
 from etcdmirror.keys import KeyMapper
@@ -171,7 +171,7 @@ def test_an_event_waits_for_a_ttl_refresh_in_progress():
     class Applier:
         def apply(self, event, replaying=False):
             applied.append(event.modifiedIndex)
-            return defer.succeed("applied")
+            return defer.succeed(Outcome.APPLIED)
 
     event = Event.from_payload({"action": "set",
                                 "node": {"key": "/a/x", "value": "1", "modifiedIndex": 11}})

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from etcdmirror import guards
 from etcdmirror import status as st
 from etcdmirror.answers import Answer
-from etcdmirror.applier import APPLIED
+from etcdmirror.applier import Outcome
 from etcdmirror.controller import ReplicationController
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.keys import KeyMapper
@@ -130,7 +130,7 @@ def test_an_event_at_or_below_the_applied_index_is_never_applied():
     class Applier:
         def apply(self, event, replaying=False):
             applied.append(event.modifiedIndex)
-            return defer.succeed(APPLIED)
+            return defer.succeed(Outcome.APPLIED)
 
     c.window, c.applier, c.index, c.persisted_index = Window(), Applier(), 4, 4
     c.options.persist_events = 1
