@@ -12,8 +12,8 @@ credentials.
 
 The structure of an answer is checked here, once, whatever arrived (junk,
 truncated JSON, a proxy's page, wrong types): nothing downstream meets a
-missing field or a value of the wrong type, and nothing escapes as anything
-but an ``EtcdException``.  Which errors are worth another endpoint is
+value of the wrong type, and nothing escapes as anything but an
+``EtcdException``.  Which errors are worth another endpoint is
 :func:`is_transient`; moving to it is the caller's business.
 """
 
@@ -61,7 +61,8 @@ class Node:
     """A node as an answer carries it, under etcd's own field names.
 
     ``key`` and ``modifiedIndex`` are None only for the root directory in a
-    read: etcd leaves them out there, and gives every other node both.
+    read: etcd leaves them out there, and gives every other node both (the
+    parser insists on the key only).
     """
 
     key: Optional[str]
