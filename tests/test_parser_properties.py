@@ -11,10 +11,11 @@ TypeError or AttributeError in the middle of the reactor.
 import json
 
 import etcd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etcdmirror.answers import Answer, parse_answer
+from etcdmirror.answers import Answer, error_for, is_transient, parse_answer
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
                     st.text(max_size=20))
@@ -89,3 +90,27 @@ def test_well_formed_answers_parse():
     assert answer.event.ttl == 5 and answer.event.modifiedIndex == 9
     assert parse(b"<html><body>502 Bad Gateway</body></html>", 502, None) is None
     assert parse(b"", 200, 5) is None
+
+
+def test_error_mapping():
+    """errorCode decides (etcd sends some state errors as HTTP 403), the status only without one."""
+    def error(code, payload, etcd_index=7):
+        body = json.dumps(payload).encode() if payload is not None else b"<html>oops</html>"
+        return error_for(code, payload, body, etcd_index, "cid", "PUT '/k' on dst")
+
+    not_a_file = error(403, {"errorCode": 102, "message": "Not a file", "index": 7})
+    assert isinstance(not_a_file, etcd.EtcdNotFile) and not is_transient(not_a_file)
+    assert str(not_a_file).startswith("PUT '/k' on dst: ")
+    assert (not_a_file.etcd_index, not_a_file.cluster_id) == (7, "cid")
+    assert isinstance(error(401, None), etcd.EtcdInsufficientPermissions)
+    assert isinstance(error(200, {"errorCode": 110, "message": "denied"}),
+                      etcd.EtcdInsufficientPermissions)
+    cleared = error(400, {"errorCode": 401, "message": "The event in requested index is outdated "
+                          "and cleared", "index": 2000})
+    assert isinstance(cleared, etcd.EtcdEventIndexCleared)
+    assert is_transient(error(503, None)) and is_transient(error(200, None))
+    assert is_transient(error(500, {"errorCode": 300, "message": "Raft Internal Error"}))
+    # What parse_answer raises for an error answer is what error_for maps it to.
+    with pytest.raises(etcd.EtcdNotFile):
+        parse_answer(json.dumps({"errorCode": 102, "message": "Not a file"}).encode(), 403, 7,
+                     None, "PUT '/k' on dst")
