@@ -29,7 +29,8 @@ from twisted.internet import defer, task  # noqa: E402
 from twisted.web.client import Agent, HTTPConnectionPool, readBody  # noqa: E402
 from twisted.web.http_headers import Headers  # noqa: E402
 
-from etcdmirror.client import BytesBody, EtcdClient  # noqa: E402
+from etcdmirror.bodies import BytesBody  # noqa: E402
+from etcdmirror.client import EtcdClient  # noqa: E402
 from etcdmirror.endpoints import parse_cluster  # noqa: E402
 
 

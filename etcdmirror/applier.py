@@ -8,27 +8,35 @@ up as a failed condition instead of being silently overwritten.
 A failed condition is not automatically an error: the index is persisted after
 the event, so after a crash we may apply an event a second time.  When the
 destination already holds exactly what the event leaves behind, the event was
-applied before and that is fine (:data:`REPLAYED`).  Anything else is
+applied before and that is fine (:attr:`Outcome.REPLAYED`).  Anything else is
 :class:`Divergence`.
 """
 
 import logging
+from enum import Enum
 from typing import Any, Optional
 
 import etcd
 from twisted.internet import defer
 
+from etcdmirror.answers import Event
 from etcdmirror.client import EtcdClient
 from etcdmirror.keys import KeyMapper
 
 log = logging.getLogger(__name__)
 
-APPLIED = "applied"
-REPLAYED = "replayed"
-IGNORED = "ignored"
-#: The destination's copy had run out on its TTL; the event wrote it again.
-TTL_REWRITE = "ttl_rewrite"
-OUTCOMES = (APPLIED, REPLAYED, IGNORED, TTL_REWRITE)
+
+class Outcome(Enum):
+    """What applying an event did; the value is its ``outcome`` metric label."""
+
+    APPLIED = "applied"
+    #: The destination already held what the event leaves behind.
+    REPLAYED = "replayed"
+    #: The key matches the ignore regex: nothing was written.
+    IGNORED = "ignored"
+    #: The destination's copy had run out on its TTL; the event wrote it again.
+    TTL_REWRITE = "ttl_rewrite"
+
 
 #: Seconds added to every TTL written on the replica.  The replica's copy then
 #: outlives the source's, whose ``expire`` event removes it; and the TTL
@@ -44,7 +52,7 @@ ACTIONS = WRITE_ACTIONS + DELETE_ACTIONS
 class ApplyError(Exception):
     """An event that cannot be applied; the mirror must stop or resync."""
 
-    def __init__(self, message: str, event: Any = None) -> None:
+    def __init__(self, message: str, event: Optional[Event] = None) -> None:
         super().__init__(message)
         self.event = event
 
@@ -67,15 +75,15 @@ class ExpiredEarly(ApplyError):
     """
 
 
-def describe(event: Any) -> str:
+def describe(event: Event) -> str:
     """One line naming the event, for logs and errors."""
     kind = "dir" if event.dir else "key"
     return f"{event.action} of {kind} {event.key!r} at index {event.modifiedIndex}"
 
 
-def _had_ttl(event: Any) -> bool:
+def _had_ttl(event: Event) -> bool:
     """The node the event replaced carried a TTL (prevNode has ttl/expiration)."""
-    prev = getattr(event, "_prev_node", None)
+    prev = event.prevNode
     return prev is not None and (prev.ttl is not None or prev.expiration is not None)
 
 
@@ -84,9 +92,8 @@ def replica_ttl(source_ttl: int) -> int:
     return int(source_ttl) + TTL_GRACE
 
 
-def _ttl(node: Any) -> Optional[int]:
-    ttl = getattr(node, "ttl", None)
-    return replica_ttl(ttl) if ttl is not None else None
+def _ttl(event: Event) -> Optional[int]:
+    return replica_ttl(event.ttl) if event.ttl is not None else None
 
 
 class EventApplier:
@@ -96,8 +103,8 @@ class EventApplier:
         self.destination = destination
         self.mapper = mapper
 
-    def apply(self, event: Any, replaying: bool = False) -> defer.Deferred:
-        """Apply ``event``; fires with APPLIED, REPLAYED, IGNORED or TTL_REWRITE.
+    def apply(self, event: Event, replaying: bool = False) -> defer.Deferred:
+        """Apply ``event``; fires with its :class:`Outcome`.
 
         ``replaying`` says the event may have been applied before a crash
         together with later ones (it is below the replay horizon): the
@@ -105,11 +112,11 @@ class EventApplier:
         or a state error is accepted as a replay; the later events, which are
         replayed too, bring the key to its final state.
 
-        Transient errors (:func:`etcdmirror.client.is_transient`) propagate
+        Transient errors (:func:`etcdmirror.answers.is_transient`) propagate
         unchanged so the caller can retry the same event.
         """
         if self.mapper.ignored(event.key):
-            return defer.succeed(IGNORED)
+            return defer.succeed(Outcome.IGNORED)
         action = event.action
         if action not in ACTIONS:
             return defer.fail(UnknownAction(
@@ -119,14 +126,14 @@ class EventApplier:
             ))
         key = self.mapper.to_dst(event.key)
         d = getattr(self, "_" + action)(event, key)
-        d.addCallback(lambda result: result if result in (REPLAYED, TTL_REWRITE) else APPLIED)
+        d.addCallback(lambda result: result if isinstance(result, Outcome) else Outcome.APPLIED)
         if replaying:
             d.addErrback(_ahead_of_the_event)
         return d
 
     # -- writes ------------------------------------------------------------
 
-    def _set(self, event: Any, key: str) -> defer.Deferred:
+    def _set(self, event: Event, key: str) -> defer.Deferred:
         if not event.dir:
             d = self.destination.put(key, event.value, ttl=_ttl(event))
             d.addErrback(self._check_replay, event, key, etcd.EtcdNotFile)
@@ -137,22 +144,22 @@ class EventApplier:
         d.addErrback(self._refresh_existing_dir, event, key)
         return d
 
-    def _create(self, event: Any, key: str) -> defer.Deferred:
+    def _create(self, event: Event, key: str) -> defer.Deferred:
         d = self.destination.put(
             key, event.value, dir=bool(event.dir), ttl=_ttl(event), prev_exist=False
         )
         d.addErrback(self._check_replay, event, key, etcd.EtcdAlreadyExist)
         return d
 
-    def _update(self, event: Any, key: str) -> defer.Deferred:
+    def _update(self, event: Event, key: str) -> defer.Deferred:
         d = self.destination.put(
             key, event.value, dir=bool(event.dir), ttl=_ttl(event), prev_exist=True
         )
         d.addErrback(self._check_replay, event, key, etcd.EtcdKeyNotFound, etcd.EtcdNotFile)
         return d
 
-    def _compareAndSwap(self, event: Any, key: str) -> defer.Deferred:
-        prev = getattr(event, "_prev_node", None)
+    def _compareAndSwap(self, event: Event, key: str) -> defer.Deferred:
+        prev = event.prevNode
         if prev is None or prev.value is None:
             return defer.fail(ApplyError(
                 f"{describe(event)} has no prevNode value to compare against", event
@@ -165,15 +172,15 @@ class EventApplier:
 
     # -- deletes -----------------------------------------------------------
 
-    def _delete(self, event: Any, key: str) -> defer.Deferred:
+    def _delete(self, event: Event, key: str) -> defer.Deferred:
         d = self.destination.delete(key, recursive=bool(event.dir), dir=bool(event.dir))
         d.addErrback(self._already_gone)
         return d
 
     _expire = _delete
 
-    def _compareAndDelete(self, event: Any, key: str) -> defer.Deferred:
-        prev = getattr(event, "_prev_node", None)
+    def _compareAndDelete(self, event: Event, key: str) -> defer.Deferred:
+        prev = event.prevNode
         if prev is None or prev.value is None:
             return defer.fail(ApplyError(
                 f"{describe(event)} has no prevNode value to compare against", event
@@ -186,24 +193,24 @@ class EventApplier:
     # -- replay checks -----------------------------------------------------
 
     @staticmethod
-    def _already_gone(failure: Any) -> str:
+    def _already_gone(failure: Any) -> Outcome:
         """A delete of a key that is not there has its effect already."""
         failure.trap(etcd.EtcdKeyNotFound)
-        return REPLAYED
+        return Outcome.REPLAYED
 
-    def _refresh_existing_dir(self, failure: Any, event: Any, key: str) -> defer.Deferred:
+    def _refresh_existing_dir(self, failure: Any, event: Event, key: str) -> defer.Deferred:
         failure.trap(etcd.EtcdNotFile)
         d = self.destination.put(key, dir=True, ttl=_ttl(event), prev_exist=True)
         d.addErrback(self._check_replay, event, key, etcd.EtcdKeyNotFound, etcd.EtcdNotFile)
         return d
 
     @defer.inlineCallbacks
-    def _check_replay(self, failure: Any, event: Any, key: str, *expected: type):
+    def _check_replay(self, failure: Any, event: Event, key: str, *expected: type):
         """After a failed condition: was the event applied already?"""
         failure.trap(*expected)
         found = yield self.destination.get_or_none(key)
         if _matches(found, event):
-            return REPLAYED
+            return Outcome.REPLAYED
         if found is None and event.action in ("update", "compareAndSwap") and _had_ttl(event):
             # The destination's copy ran out on the destination's clock; the
             # source renewed it in time.  The event says what the key is now.
@@ -216,7 +223,7 @@ class EventApplier:
                         "ran out there while the mirror was behind); writing it again",
                         describe(event), key)
             yield self.destination.put(key, event.value, ttl=_ttl(event))
-            return TTL_REWRITE
+            return Outcome.TTL_REWRITE
         raise Divergence(
             f"{describe(event)} failed on the destination key {key!r} "
             f"({failure.getErrorMessage()}); expected "
@@ -231,12 +238,12 @@ STATE_ERRORS = (etcd.EtcdKeyNotFound, etcd.EtcdCompareFailed, etcd.EtcdNotFile,
                 etcd.EtcdNotDir, etcd.EtcdAlreadyExist, etcd.EtcdDirNotEmpty, Divergence)
 
 
-def _ahead_of_the_event(failure: Any) -> str:
+def _ahead_of_the_event(failure: Any) -> Outcome:
     failure.trap(*STATE_ERRORS)
-    return REPLAYED
+    return Outcome.REPLAYED
 
 
-def _matches(found: Any, event: Any) -> bool:
+def _matches(found: Optional[etcd.EtcdResult], event: Event) -> bool:
     """True when the destination node already is what ``event`` leaves behind."""
     if event.action in DELETE_ACTIONS:
         return found is None
@@ -245,7 +252,7 @@ def _matches(found: Any, event: Any) -> bool:
     return bool(event.dir) or found.value == event.value
 
 
-def _show(node: Any) -> str:
+def _show(node: Optional[etcd.EtcdResult]) -> str:
     if node is None:
         return "no key"
     if node.dir:
@@ -253,7 +260,7 @@ def _show(node: Any) -> str:
     return f"value {node.value!r}"
 
 
-def _show_expected(event: Any) -> str:
+def _show_expected(event: Event) -> str:
     if event.action in DELETE_ACTIONS:
         return "no key"
     return "a directory" if event.dir else f"value {event.value!r}"

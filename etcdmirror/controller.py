@@ -27,11 +27,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from etcdmirror import guards
 from etcdmirror import status as st
+from etcdmirror.answers import Event, WatchProgress
 from etcdmirror.applier import (
-    APPLIED, IGNORED, REPLAYED, TTL_REWRITE, ApplyError, Divergence, EventApplier,
-    ExpiredEarly, describe)
+    ApplyError, Divergence, EventApplier, ExpiredEarly, Outcome, describe)
 from etcdmirror.backoff import Backoff
-from etcdmirror.client import EtcdClient, WatchProgress
+from etcdmirror.client import EtcdClient
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.freshness import parse_heartbeat
 from etcdmirror.gate import WriteGate
@@ -55,8 +55,10 @@ class _Stopping(Exception):
 
 
 #: How the event log words each outcome (after 0.0.12's "Replicating key K at index N").
-EVENT_LOG_OUTCOMES = {APPLIED: "applied", REPLAYED: "replay, already in effect",
-                      IGNORED: "ignored by regex", TTL_REWRITE: "TTL rewrite"}
+EVENT_LOG_OUTCOMES = {Outcome.APPLIED: "applied",
+                      Outcome.REPLAYED: "replay, already in effect",
+                      Outcome.IGNORED: "ignored by regex",
+                      Outcome.TTL_REWRITE: "TTL rewrite"}
 
 
 @dataclass
@@ -369,7 +371,7 @@ class ReplicationController:
                     yield self._check_rollback()
                 yield self._progress(outcome.etcd_index)
                 continue
-            event = outcome.result
+            event = outcome.event
             self.status.saw_source_index(max(outcome.etcd_index, event.modifiedIndex))
             if event.modifiedIndex <= self.index:
                 log.warning("ignoring stale delivery of %s: index %d is already applied",
@@ -403,7 +405,7 @@ class ReplicationController:
             self._flush_later(wait)
 
     @defer.inlineCallbacks
-    def _apply(self, event: Any):
+    def _apply(self, event: Event):
         index = event.modifiedIndex
         if log.isEnabledFor(logging.DEBUG):
             log.debug("event %s", describe(event))
@@ -458,15 +460,15 @@ class ReplicationController:
             self._flush_later()
         self.metrics.write_latency.observe(time.perf_counter() - started)
         self.metrics.replicated_events.inc()
-        self.metrics.events.labels(action=event.action, outcome=outcome).inc()
-        if outcome == IGNORED:
+        self.metrics.events.labels(action=event.action, outcome=outcome.value).inc()
+        if outcome is Outcome.IGNORED:
             self.metrics.ignored_events.inc()
-        elif outcome == REPLAYED:
+        elif outcome is Outcome.REPLAYED:
             log.info("%s was already in effect on the destination (a replay, or a TTL "
                      "that expired there first)", describe(event))
         if self.options.event_log:
             log.info("Replicating key %s at index %d (%s, %s)", event.key, index,
-                     event.action, EVENT_LOG_OUTCOMES.get(outcome, outcome))
+                     event.action, EVENT_LOG_OUTCOMES[outcome])
         self.status.replica_index = index
         self.status.last_event_time = self.clock.seconds()
         if event.key == self.options.heartbeat_key and event.action in ("set", "update"):

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.error import CannotListenError
 
 from etcdmirror import __version__
-from etcdmirror.client import EtcdClient, make_pool
+from etcdmirror.client import EtcdClient
 from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.endpoints import Cluster
 from etcdmirror.freshness import FreshnessTracker, Heartbeat
@@ -21,6 +21,7 @@ from etcdmirror.keys import KeyMapper, probe_key
 from etcdmirror.metrics import Metrics
 from etcdmirror.sdnotify import Notifier, SystemdReporter
 from etcdmirror.status import MirrorStatus
+from etcdmirror.transport import make_pool
 from etcdmirror.ttlkeeper import CONCURRENCY as TTL_CONCURRENCY
 from etcdmirror.verify import PeriodicVerifier
 from etcdmirror.web import make_site

@@ -20,7 +20,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from etcdmirror.applier import ACTIONS, OUTCOMES, TTL_REWRITE
+from etcdmirror.applier import ACTIONS, Outcome
 from etcdmirror.status import STATES, MirrorStatus
 
 NAMESPACE = "etcdmirror"
@@ -108,9 +108,9 @@ class Metrics:
             for value in values:
                 counter.labels(**{label: value})
         for action in ACTIONS:
-            for outcome in OUTCOMES:
-                if outcome != TTL_REWRITE or action in ("update", "compareAndSwap"):
-                    self.events.labels(action=action, outcome=outcome)
+            for outcome in Outcome:
+                if outcome is not Outcome.TTL_REWRITE or action in ("update", "compareAndSwap"):
+                    self.events.labels(action=action, outcome=outcome.value)
         last_error = Gauge(
             "last_error_timestamp_seconds", "When the last error was recorded "
             "(0: none since start); /status has the message", **ns)

@@ -1,7 +1,7 @@
 """Retry a request that failed for a transient reason, resuming at the same request.
 
 Transient faults (connection refused or reset, timeouts, 5xx, leader
-elections, an etcd restart on either side: :func:`~etcdmirror.client.is_transient`)
+elections, an etcd restart on either side: :func:`~etcdmirror.answers.is_transient`)
 are retried with capped, jittered backoff, for as long as they last; anything
 else propagates at once.  While retrying, the mirror's state is ``retrying``
 and ``/status`` shows the last error; each retry is counted by side.  One
@@ -16,8 +16,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror import status as st
+from etcdmirror.answers import is_transient
 from etcdmirror.backoff import Backoff
-from etcdmirror.client import is_transient
 from etcdmirror.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,9 @@ from typing import Callable, Optional, Tuple
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from etcdmirror.client import (
-    Answer, EtcdClient, EtcdTimeout, EtcdUnavailable, EventStream, StreamEnd, WatchProgress)
+from etcdmirror.answers import Answer, EtcdTimeout, EtcdUnavailable, StreamEnd, WatchProgress
+from etcdmirror.client import EtcdClient
+from etcdmirror.watches import EventStream
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class StreamFollower:
             log.debug("source moved from %d to %d: renewing the stream at %d early",
                       seen, current, self.position)
             self.early_renewals += 1
-            stream.finish(self.clock)
+            stream.finish()
 
     # -- the stream's callbacks -------------------------------------------------
 
@@ -171,7 +172,7 @@ class StreamFollower:
         if self.paused:
             self._arm_timer(stream)  # paused by us, not quiet
             return
-        stream.finish(self.clock)
+        stream.finish()
 
     def _registered(self, etcd_index: Optional[int], stream: EventStream) -> None:
         if stream is not self._stream or etcd_index is None:
@@ -184,7 +185,7 @@ class StreamFollower:
     def _event(self, stream: EventStream, answer: Answer) -> None:
         if stream is not self._stream:
             return
-        index = answer.result.modifiedIndex
+        index = answer.event.modifiedIndex
         if index < self.position:
             # etcd sends a stream's events in index order; anything else is
             # not something we can place.

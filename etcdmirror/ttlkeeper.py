@@ -67,7 +67,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from etcdmirror.applier import DELETE_ACTIONS, IGNORED, REPLAYED, replica_ttl
+from etcdmirror.answers import Event
+from etcdmirror.applier import DELETE_ACTIONS, Outcome, replica_ttl
 from etcdmirror.client import EtcdClient
 from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper, is_under
@@ -228,12 +229,12 @@ class TtlKeeper:
                      "index %d)", len(self._nodes), etcd_index)
         return len(self._nodes)
 
-    def applied(self, event: Any, outcome: str) -> None:
+    def applied(self, event: Event, outcome: Outcome) -> None:
         """The controller applied ``event`` with ``outcome``: follow what it did to TTLs."""
         ttl = event.ttl
         if ttl is None and not self._nodes:
             return
-        if outcome == IGNORED:
+        if outcome is Outcome.IGNORED:
             return
         key = event.key
         if event.action in DELETE_ACTIONS:
@@ -243,7 +244,8 @@ class TtlKeeper:
         elif self.mapper.to_dst(key) != "/":
             # A replayed event found its result in place, with whatever TTL
             # an earlier write left: unknown, so checked at once.
-            expires = None if outcome == REPLAYED else self.clock.seconds() + replica_ttl(ttl)
+            expires = (None if outcome is Outcome.REPLAYED
+                       else self.clock.seconds() + replica_ttl(ttl))
             self._track(Tracked(key, bool(event.dir), None if event.dir else event.value,
                                 expires))
         self._count_changed()

@@ -16,7 +16,7 @@ so reading never waits for writing.
 *whole cluster*.  etcd answers a watch's headers as soon as it registers it;
 their ``X-Etcd-Index`` is the store index at that moment, so a watch on
 ``waitIndex = w`` that stays pending proves that no event under the prefix
-exists in ``[w, X-Etcd-Index]`` (:class:`~etcdmirror.client.WatchProgress`).
+exists in ``[w, X-Etcd-Index]`` (:class:`~etcdmirror.answers.WatchProgress`).
 A pending watch is renewed when it was idle for ``idle_timeout`` seconds,
 and also as soon as a cheap probe of the source's index shows the cluster
 moved ``probe_threshold`` events past its registration, long before 1000
@@ -35,9 +35,11 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from etcdmirror.client import Answer, EtcdClient, PendingWatch, WatchProgress
+from etcdmirror.answers import Answer, WatchProgress
+from etcdmirror.client import EtcdClient
 from etcdmirror.periodic import Periodic
 from etcdmirror.stream import StreamFollower
+from etcdmirror.watches import PendingWatch
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +158,7 @@ class WatchWindow:
         if self._next in self._results:
             answer = self._results.pop(self._next)
             self._buffered_bytes -= _value_size(answer)
-            self._advance(answer.result.modifiedIndex + 1)
+            self._advance(answer.event.modifiedIndex + 1)
             if (self.stream.paused and len(self._results) <= self.max_buffered // 2
                     and self._buffered_bytes <= self.max_buffered_bytes // 2):
                 self.stream.resume()
@@ -238,7 +240,7 @@ class WatchWindow:
         self._saw(etcd_index)
         if self.on_registered is not None:
             self.on_registered()
-        self._timers[w] = self.clock.callLater(self.idle_timeout, watch.finish, self.clock)
+        self._timers[w] = self.clock.callLater(self.idle_timeout, watch.finish)
         self._start_probe()
         self._fill()
 
@@ -247,7 +249,7 @@ class WatchWindow:
             return  # dropped meanwhile: its answer is covered by another one
         self._drop(w)
         if isinstance(outcome, Answer):
-            event_index = outcome.result.modifiedIndex
+            event_index = outcome.event.modifiedIndex
             self._saw(max(outcome.etcd_index, event_index))
             self._results[w] = outcome
             self._buffered_bytes += _value_size(outcome)
@@ -284,7 +286,7 @@ class WatchWindow:
         self._start_probe()
 
     def _streamed(self, w: int, answer: Answer) -> None:
-        self._saw(max(answer.etcd_index, answer.result.modifiedIndex))
+        self._saw(max(answer.etcd_index, answer.event.modifiedIndex))
         self._results[w] = answer
         self._buffered_bytes += _value_size(answer)
         if self.stream.active and not self.stream.paused and (
@@ -325,11 +327,11 @@ class WatchWindow:
                 log.debug("source moved from %d to %d: renewing the watch at %d early",
                           watch.etcd_index, current, w)
                 self.early_renewals += 1
-                watch.finish(self.clock)
+                watch.finish()
         if streaming:
             self.stream.probed(current, token)
 
 
 def _value_size(answer: Answer) -> int:
     """What an event waiting to be applied holds in memory, roughly: its value."""
-    return len(answer.result.value or "")
+    return len(answer.event.value or "")

@@ -11,9 +11,9 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from etcdmirror import status as st
-from etcdmirror.applier import EventApplier, UnknownAction
+from etcdmirror.answers import EtcdUnavailable, Event
+from etcdmirror.applier import EventApplier, Outcome, UnknownAction
 from etcdmirror.backoff import Backoff
-from etcdmirror.client import EtcdUnavailable
 from etcdmirror.controller import Options, ReplicationController, _Stopping
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
@@ -122,8 +122,8 @@ def test_progress_never_moves_the_index_back():
 
 
 def test_unknown_action_is_refused_without_touching_the_destination():
-    event = etcd.EtcdResult(action="frobnicate", node={"key": "/a/x", "value": "1",
-                                                       "modifiedIndex": 7})
+    event = Event.from_payload({"action": "frobnicate",
+                                "node": {"key": "/a/x", "value": "1", "modifiedIndex": 7}})
     failures = []
     EventApplier(None, KeyMapper("/a", "/b")).apply(event).addErrback(failures.append)
     assert failures[0].check(UnknownAction)
@@ -171,10 +171,10 @@ def test_an_event_waits_for_a_ttl_refresh_in_progress():
     class Applier:
         def apply(self, event, replaying=False):
             applied.append(event.modifiedIndex)
-            return defer.succeed("applied")
+            return defer.succeed(Outcome.APPLIED)
 
-    event = etcd.EtcdResult(action="set", node={"key": "/a/x", "value": "1",
-                                                "modifiedIndex": 11})
+    event = Event.from_payload({"action": "set",
+                                "node": {"key": "/a/x", "value": "1", "modifiedIndex": 11}})
     c.applier = Applier()
     assert c.gate.acquire() is None          # the TTL keeper is writing
     c._apply(event)

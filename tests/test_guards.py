@@ -7,8 +7,8 @@ from twisted.internet.task import Clock
 
 from etcdmirror import guards
 from etcdmirror import status as st
-from etcdmirror.applier import APPLIED
-from etcdmirror.client import Answer
+from etcdmirror.answers import Answer
+from etcdmirror.applier import Outcome
 from etcdmirror.controller import ReplicationController
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.keys import KeyMapper
@@ -90,11 +90,10 @@ def test_identity_rule():
         guards.check_same_source("abc", "def", "s")
 
 
-class Event:
-    def __init__(self, index):
-        self.action, self.key, self.dir, self.value = "set", f"/a/k{index}", False, "v"
-        self.ttl = None
-        self.modifiedIndex = index
+def delivery(index):
+    """What the watch window hands over for the event at ``index``."""
+    node = {"key": f"/a/k{index}", "value": "v", "modifiedIndex": index}
+    return Answer.from_payload({"action": "set", "node": node}, 6)
 
 
 def test_an_event_at_or_below_the_applied_index_is_never_applied():
@@ -113,7 +112,7 @@ def test_an_event_at_or_below_the_applied_index_is_never_applied():
 
     c = ReplicationController(Source(), Destination(), KeyMapper("/a", "/b"), status,
                               Metrics(CollectorRegistry(), status, "u", "/b"), Clock())
-    deliveries = [Event(5), Event(5), Event(3), Event(6)]
+    deliveries = [delivery(5), delivery(5), delivery(3), delivery(6)]
 
     class Window:
         def reset(self, next_index):
@@ -126,12 +125,12 @@ def test_an_event_at_or_below_the_applied_index_is_never_applied():
             if not deliveries:
                 c.stop()
                 return defer.Deferred()
-            return defer.succeed(Answer(deliveries.pop(0), 6, None))
+            return defer.succeed(deliveries.pop(0))
 
     class Applier:
         def apply(self, event, replaying=False):
             applied.append(event.modifiedIndex)
-            return defer.succeed(APPLIED)
+            return defer.succeed(Outcome.APPLIED)
 
     c.window, c.applier, c.index, c.persisted_index = Window(), Applier(), 4, 4
     c.options.persist_events = 1

@@ -1,24 +1,21 @@
 """Hostile or broken answers never escape as anything but an etcd error type.
 
-Property tests of the client's answer parser: whatever bytes, status and
-headers arrive (junk, truncated JSON, HTML error pages, wrong types, huge
-values), the result is a usable :class:`Answer` or an ``EtcdException``
-(:class:`BadResponse`/:class:`EtcdUnavailable` are retried, the others stop
-the mirror with the cause); never a KeyError, TypeError or AttributeError
-in the middle of the reactor.
+Property tests of the answer parser (:func:`etcdmirror.answers.parse_answer`):
+whatever bytes, status and headers arrive (junk, truncated JSON, HTML error
+pages, wrong types, huge values), the result is a usable :class:`Answer` or
+an ``EtcdException`` (:class:`BadResponse`/:class:`EtcdUnavailable` are
+retried, the others stop the mirror with the cause); never a KeyError,
+TypeError or AttributeError in the middle of the reactor.
 """
 
 import json
 
 import etcd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.task import Clock
 
-from etcdmirror.client import Answer, EtcdClient
-from etcdmirror.endpoints import parse_cluster
-
-CLIENT = EtcdClient(parse_cluster("http://127.0.0.1:1"), Clock(), pool=object(), name="src")
+from etcdmirror.answers import Answer, error_for, is_transient, parse_answer
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
                     st.text(max_size=20))
@@ -40,14 +37,24 @@ payloads = st.fixed_dictionaries({}, optional={
 
 def parse(body, code, etcd_index):
     try:
-        answer = CLIENT._parse(body, code, etcd_index, "cid", "GET '/k' on src")
+        answer = parse_answer(body, code, etcd_index, "cid", "GET '/k' on src")
     except etcd.EtcdException as e:
         assert "GET '/k' on src" in str(e)
         return None
     assert isinstance(answer, Answer)
-    event = answer.result
+    event, result = answer.event, answer.result
     assert isinstance(event.action, str) and isinstance(event.modifiedIndex, (int, type(None)))
-    list(event.get_subtree())  # a usable tree, whatever the nesting
+    list(result.get_subtree())  # a usable tree, whatever the nesting
+    # Our event and python-etcd's result read the answer the same way.
+    for name in ("action", "key", "value", "ttl", "expiration", "modifiedIndex"):
+        assert getattr(event, name) == getattr(result, name)
+    assert event.dir is bool(result.dir)
+    prev = getattr(result, "_prev_node", None)
+    assert (event.prevNode is None) == (prev is None)
+    if prev is not None:
+        for name in ("key", "value", "ttl", "expiration", "modifiedIndex"):
+            assert getattr(event.prevNode, name) == getattr(prev, name)
+        assert event.prevNode.dir is bool(prev.dir)
     return answer
 
 
@@ -79,6 +86,31 @@ def test_well_formed_answers_parse():
                        "node": {"key": "/a", "value": "2", "modifiedIndex": 9, "ttl": 5},
                        "prevNode": {"key": "/a", "value": "1", "modifiedIndex": 8}}).encode()
     answer = parse(body, 200, 9)
-    assert answer.result.value == "2" and answer.result._prev_node.value == "1"
+    assert answer.event.value == "2" and answer.event.prevNode.value == "1"
+    assert answer.event.ttl == 5 and answer.event.modifiedIndex == 9
     assert parse(b"<html><body>502 Bad Gateway</body></html>", 502, None) is None
     assert parse(b"", 200, 5) is None
+
+
+def test_error_mapping():
+    """errorCode decides (etcd sends some state errors as HTTP 403), the status only without one."""
+    def error(code, payload, etcd_index=7):
+        body = json.dumps(payload).encode() if payload is not None else b"<html>oops</html>"
+        return error_for(code, payload, body, etcd_index, "cid", "PUT '/k' on dst")
+
+    not_a_file = error(403, {"errorCode": 102, "message": "Not a file", "index": 7})
+    assert isinstance(not_a_file, etcd.EtcdNotFile) and not is_transient(not_a_file)
+    assert str(not_a_file).startswith("PUT '/k' on dst: ")
+    assert (not_a_file.etcd_index, not_a_file.cluster_id) == (7, "cid")
+    assert isinstance(error(401, None), etcd.EtcdInsufficientPermissions)
+    assert isinstance(error(200, {"errorCode": 110, "message": "denied"}),
+                      etcd.EtcdInsufficientPermissions)
+    cleared = error(400, {"errorCode": 401, "message": "The event in requested index is outdated "
+                          "and cleared", "index": 2000})
+    assert isinstance(cleared, etcd.EtcdEventIndexCleared)
+    assert is_transient(error(503, None)) and is_transient(error(200, None))
+    assert is_transient(error(500, {"errorCode": 300, "message": "Raft Internal Error"}))
+    # What parse_answer raises for an error answer is what error_for maps it to.
+    with pytest.raises(etcd.EtcdNotFile):
+        parse_answer(json.dumps({"errorCode": 102, "message": "Not a file"}).encode(), 403, 7,
+                     None, "PUT '/k' on dst")

@@ -16,8 +16,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from etcdmirror import status as st
-from etcdmirror.applier import APPLIED, REPLAYED, TTL_GRACE
-from etcdmirror.client import Answer, EtcdUnavailable
+from etcdmirror.answers import Answer, EtcdUnavailable
+from etcdmirror.applier import TTL_GRACE, Outcome
 from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
@@ -64,11 +64,11 @@ class Side:
             if node.get("dir"):
                 node["nodes"] = [self._json(k) for k in self.nodes
                                  if k.rsplit("/", 1)[0] == key]
-            return defer.succeed(Answer(etcd.EtcdResult(node=node), 10, None))
+            return defer.succeed(Answer.from_payload({"action": "get", "node": node}, 10))
         children = [self._json(k) for k in self.nodes if k.rsplit("/", 1)[0] == key]
         if children:
             node = {"key": key, "dir": True, "nodes": children}
-            return defer.succeed(Answer(etcd.EtcdResult(node=node), 10, None))
+            return defer.succeed(Answer.from_payload({"action": "get", "node": node}, 10))
         return defer.fail(etcd.EtcdKeyNotFound("Key not found"))
 
     def put(self, key, value=None, dir=False, ttl=None, refresh=False, prev_exist=None):
@@ -83,9 +83,10 @@ class Side:
         return defer.succeed(None)
 
 
-class Event:
-    def __init__(self, key, value, ttl, action="set", dir=False):
-        self.key, self.value, self.ttl, self.action, self.dir = key, value, ttl, action, dir
+def source_event(key, value, ttl, action="set", dir=False):
+    """An event as the source's watch hands it over."""
+    node = {"key": key, "value": value, "ttl": ttl, "dir": dir, "modifiedIndex": 1}
+    return Answer.from_payload({"action": action, "node": node}, 1).event
 
 
 def make(clock, index=100):
@@ -105,7 +106,7 @@ def write_both(clock, src, dst, keeper, key, value, ttl):
     """A source write with a TTL and the mirror applying it."""
     src.nodes[key] = [value, clock.seconds() + ttl, False]
     dst.nodes["/b" + key[2:]] = [value, clock.seconds() + ttl + TTL_GRACE, False]
-    keeper.applied(Event(key, value, ttl), APPLIED)
+    keeper.applied(source_event(key, value, ttl), Outcome.APPLIED)
 
 
 def test_next_check_first_final_then_late():
@@ -192,7 +193,7 @@ def test_a_directory_gone_on_the_replica_asks_for_a_resync():
     clock = Clock()
     keeper, src, dst, _, _, expired_dirs = make(clock)
     src.nodes["/a/d"] = [None, clock.seconds() + 30, True]
-    keeper.applied(Event("/a/d", None, 3, dir=True), APPLIED)
+    keeper.applied(source_event("/a/d", None, 3, dir=True), Outcome.APPLIED)
     clock.pump([0.1] * 50)
     assert expired_dirs == ["/a/d"] and keeper.expired_late == 1
 
@@ -219,7 +220,7 @@ def test_an_event_while_waiting_for_the_gate_wins():
     assert src.gets
     # The event deletes the key; the keeper's decision is void.
     del src.nodes["/a/k"], dst.nodes["/b/k"]
-    keeper.applied(Event("/a/k", None, None, action="delete"), APPLIED)
+    keeper.applied(source_event("/a/k", None, None, action="delete"), Outcome.APPLIED)
     gate.release()
     assert dst.puts == [] and "/b/k" not in dst.nodes
 
@@ -243,7 +244,7 @@ def test_a_replayed_event_is_checked_at_once():
     keeper, src, dst, *_ = make(clock)
     src.nodes["/a/k"] = ["v", clock.seconds() + 50, False]
     dst.nodes["/b/k"] = ["v", clock.seconds() + 2, False]   # an older write's TTL
-    keeper.applied(Event("/a/k", "v", 50), REPLAYED)
+    keeper.applied(source_event("/a/k", "v", 50), Outcome.REPLAYED)
     clock.advance(0)
     assert dst.nodes["/b/k"][1] >= clock.seconds() + 50
 
@@ -266,12 +267,12 @@ def test_failed_reads_are_retried_and_logged_once(caplog):
 def test_events_track_and_forget():
     clock = Clock()
     keeper, *_ = make(clock)
-    keeper.applied(Event("/a/d", None, 10, dir=True), APPLIED)
-    keeper.applied(Event("/a/d/k", "v", 10), APPLIED)
-    keeper.applied(Event("/a/x", "v", 10), APPLIED)
+    keeper.applied(source_event("/a/d", None, 10, dir=True), Outcome.APPLIED)
+    keeper.applied(source_event("/a/d/k", "v", 10), Outcome.APPLIED)
+    keeper.applied(source_event("/a/x", "v", 10), Outcome.APPLIED)
     assert keeper.describe()["tracked"] == 3
-    keeper.applied(Event("/a/x", "v", None), APPLIED)        # made permanent
-    keeper.applied(Event("/a/d", None, None, action="delete", dir=True), APPLIED)
+    keeper.applied(source_event("/a/x", "v", None), Outcome.APPLIED)        # made permanent
+    keeper.applied(source_event("/a/d", None, None, action="delete", dir=True), Outcome.APPLIED)
     assert keeper.describe()["tracked"] == 0
 
 
@@ -279,9 +280,9 @@ def test_a_directory_gone_is_reported_once_until_it_is_tracked_anew():
     clock = Clock()
     keeper, src, dst, _, _, expired_dirs = make(clock)
     src.nodes["/a/d"] = [None, clock.seconds() + 60, True]
-    keeper.applied(Event("/a/d", None, 3, dir=True), APPLIED)
+    keeper.applied(source_event("/a/d", None, 3, dir=True), Outcome.APPLIED)
     clock.pump([0.1] * 200)                     # the resync has not come yet
     assert expired_dirs == ["/a/d"] and keeper.expired_late == 1
-    keeper.applied(Event("/a/d", None, 3, dir=True), APPLIED)
+    keeper.applied(source_event("/a/d", None, 3, dir=True), Outcome.APPLIED)
     clock.pump([0.1] * 50)
     assert expired_dirs == ["/a/d", "/a/d"] and keeper.expired_late == 2

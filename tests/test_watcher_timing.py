@@ -5,16 +5,18 @@ against a real server in test_history.py and test_actions.py; here only our
 ordering, window and timers are exercised.
 """
 
-import etcd
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from etcdmirror.client import (
-    Answer, EtcdTimeout, EtcdUnavailable, EventStream, PendingWatch, StreamEnd, WatchProgress)
+from etcdmirror.answers import (
+    Answer, EtcdTimeout, EtcdUnavailable, StreamEnd, WatchProgress)
 from etcdmirror.watcher import WatchWindow
+from etcdmirror.watches import EventStream, PendingWatch, Registration
 
 
 class FakeCollector:
+    """The body side of a fake watch: what finish touches."""
+
     def __init__(self, watch, etcd_index):
         self.watch, self.etcd_index, self.size = watch, etcd_index, 0
 
@@ -25,13 +27,15 @@ class FakeCollector:
 class FakeSource:
     """Hands out watches we answer by hand; answers index probes."""
 
-    def __init__(self):
+    def __init__(self, clock):
+        self.clock = clock
         self.watches, self.index, self.probes = {}, 100, 0
+        self.registrations, self.bodies = {}, {}
         self.streams = []
 
     def watch(self, key, wait_index):
-        w = PendingWatch()
-        w.result = defer.Deferred()
+        self.registrations[wait_index] = defer.Deferred()
+        w = PendingWatch(defer.Deferred(), self.registrations[wait_index], self.clock)
         self.watches[wait_index] = w
         return w
 
@@ -40,41 +44,46 @@ class FakeSource:
         return defer.succeed(WatchProgress(self.index, None))
 
     def register(self, wait_index, etcd_index):
-        w = self.watches[wait_index]
-        w._on_headers(FakeCollector(w, etcd_index), etcd_index)
+        body = self.bodies[wait_index] = FakeCollector(self.watches[wait_index], etcd_index)
+        self.registrations[wait_index].callback(Registration(etcd_index, body))
 
     def event(self, wait_index, index, header=None):
         node = {"key": f"/p/k{index}", "value": "v", "modifiedIndex": index}
-        result = etcd.EtcdResult(action="set", node=node)
-        self.watches[wait_index].result.callback(
-            Answer(result, header if header is not None else index, None))
+        self.watches[wait_index].result.callback(Answer.from_payload(
+            {"action": "set", "node": node}, header if header is not None else index))
 
     def open(self):
         return sorted(w for w, d in self.watches.items() if not d.result.called)
 
-    # streaming watches: what etcd sends is decided by the test
+    # streaming watches: what etcd sends is decided by the test; one
+    # [wait_index, handle, registration, on_event, body] per stream
 
     def stream(self, key, wait_index, on_event):
-        s = EventStream(on_event)
-        s.done = defer.Deferred()
-        self.streams.append((wait_index, s))
+        registration = defer.Deferred()
+        s = EventStream(defer.Deferred(), registration, self.clock)
+        self.streams.append([wait_index, s, registration, on_event, None])
         return s
 
     def open_streams(self):
-        return [w for w, s in self.streams if not s.done.called]
+        return [w for w, s, *_ in self.streams if not s.done.called]
 
     def last_stream(self):
         return self.streams[-1][1]
 
+    def last_lines(self):
+        return self.streams[-1][4]
+
     def stream_register(self, etcd_index):
-        s = self.last_stream()
-        s._on_headers(FakeLines(s, etcd_index), etcd_index)
+        entry = self.streams[-1]
+        entry[4] = FakeLines(entry[1], etcd_index)
+        entry[2].callback(Registration(etcd_index, entry[4]))
 
     def stream_event(self, index, header=None, value="v"):
-        s = self.last_stream()
+        _, s, _, on_event, lines = self.streams[-1]
         node = {"key": f"/p/k{index}", "value": value, "modifiedIndex": index}
-        s._event(Answer(etcd.EtcdResult(action="set", node=node),
-                        header if header is not None else s.etcd_index, None))
+        lines.events += 1
+        on_event(Answer.from_payload({"action": "set", "node": node},
+                                     header if header is not None else s.etcd_index))
 
     def stream_end(self):
         s = self.last_stream()
@@ -86,6 +95,7 @@ class FakeLines:
 
     def __init__(self, stream, etcd_index):
         self.stream, self.etcd_index, self.partial = stream, etcd_index, b""
+        self.events = 0
         self.paused = False
         self.transport = self
 
@@ -96,7 +106,12 @@ class FakeLines:
         self.paused = False
 
     def abort(self, why):
-        self.stream.done.callback(StreamEnd(self.etcd_index, None, self.stream.events, idle=True))
+        self.stream.done.callback(StreamEnd(self.etcd_index, None, self.events, idle=True))
+
+
+def fakes():
+    clock = Clock()
+    return clock, FakeSource(clock)
 
 
 def window(clock, source, **kw):
@@ -111,12 +126,12 @@ def window(clock, source, **kw):
 
 
 def indexes(outcomes):
-    return [o.result.modifiedIndex if isinstance(o, Answer) else ("progress", o.etcd_index)
+    return [o.event.modifiedIndex if isinstance(o, Answer) else ("progress", o.etcd_index)
             for o in outcomes]
 
 
 def test_caught_up_means_one_watch():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = window(clock, source)
     w.next()
     assert source.open() == [42]
@@ -125,7 +140,7 @@ def test_caught_up_means_one_watch():
 
 
 def test_behind_opens_the_window_and_delivers_in_order():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = window(clock, source)
     out = []
     w.next().addCallback(out.append)
@@ -143,7 +158,7 @@ def test_behind_opens_the_window_and_delivers_in_order():
 
 
 def test_idle_watch_renewal_reports_progress():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = window(clock, source)
     out = []
     w.next().addCallback(out.append)
@@ -158,7 +173,7 @@ def test_idle_watch_renewal_reports_progress():
 
 
 def test_probe_renews_early_when_the_cluster_moves_far():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = window(clock, source, concurrency=1)
     out = []
     w.next().addCallback(out.append)
@@ -174,7 +189,7 @@ def test_probe_renews_early_when_the_cluster_moves_far():
 
 
 def test_an_error_fails_next_and_the_window_reopens():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = window(clock, source)
     failures = []
     w.next().addErrback(failures.append)
@@ -187,7 +202,7 @@ def test_an_error_fails_next_and_the_window_reopens():
 
 
 def test_cancel_closes_every_watch_and_timer():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = window(clock, source)
     d = w.next()
     source.register(42, 41)
@@ -201,15 +216,15 @@ def test_cancel_closes_every_watch_and_timer():
 
 def test_a_watch_answer_that_stalls_midway_fails_the_watch():
     """A body that starts but never ends (a broken proxy) must not hang the mirror."""
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = window(clock, source, concurrency=1)
     failures = []
     w.next().addErrback(failures.append)
     source.register(42, 100)
-    watch = source.watches[42]
+    body = source.bodies[42]
     aborted = []
-    watch._body.size = 17                    # part of an event arrived
-    watch._body.abort = aborted.append
+    body.size = 17                                # part of an event arrived
+    body.abort = aborted.append
     clock.advance(5)                              # idle timer: not pending, has a body
     clock.advance(0)
     assert aborted == []
@@ -225,7 +240,7 @@ def streaming(clock, source, **kw):
 
 
 def test_caught_up_streams_every_event_on_one_request():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source)
     out = []
     w.next().addCallback(out.append)
@@ -242,7 +257,7 @@ def test_caught_up_streams_every_event_on_one_request():
 
 def test_a_stream_answered_from_history_is_closed_after_its_event():
     """etcd sends nothing more after an event from its history (index <= header)."""
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source)
     out = []
     w.next().addCallback(out.append)
@@ -255,7 +270,7 @@ def test_a_stream_answered_from_history_is_closed_after_its_event():
 
 
 def test_a_quiet_stream_reports_progress_and_is_renewed():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source)
     out = []
     w.next().addCallback(out.append)
@@ -268,7 +283,7 @@ def test_a_quiet_stream_reports_progress_and_is_renewed():
 
 
 def test_events_restart_the_idle_timer():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source)
     out = []
     w.next().addCallback(out.append)
@@ -286,7 +301,7 @@ def test_events_restart_the_idle_timer():
 
 
 def test_a_stream_etcd_ends_is_reopened_after_its_last_event():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source)
     out = []
     w.next().addCallback(out.append)
@@ -301,7 +316,7 @@ def test_a_stream_etcd_ends_is_reopened_after_its_last_event():
 
 
 def test_a_stream_that_ends_without_an_event_fails_next():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source)
     failures = []
     w.next().addErrback(failures.append)
@@ -312,14 +327,14 @@ def test_a_stream_that_ends_without_an_event_fails_next():
 
 
 def test_a_stream_is_paused_while_too_many_events_wait():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source, max_buffered=4)
     out = []
     w.next().addCallback(out.append)
     source.stream_register(41)
     for index in range(43, 48):
         source.stream_event(index)            # 43 taken at once, 4 wait
-    lines = source.last_stream()._body
+    lines = source.last_lines()
     assert lines.paused
     clock.advance(30)                         # paused by us is not idle
     assert source.open_streams() == [42]
@@ -330,14 +345,14 @@ def test_a_stream_is_paused_while_too_many_events_wait():
 
 
 def test_big_values_pause_the_stream_sooner():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source, max_buffered_bytes=3000)
     out = []
     w.next().addCallback(out.append)
     source.stream_register(41)
     for index in range(43, 47):
         source.stream_event(index, value="x" * 1000)   # 43 taken at once, 3 kB wait
-    lines = source.last_stream()._body
+    lines = source.last_lines()
     assert lines.paused
     for _ in range(2):
         w.next().addCallback(out.append)
@@ -347,7 +362,7 @@ def test_big_values_pause_the_stream_sooner():
 
 def test_no_headers_in_time_falls_back_to_plain_watches():
     """A proxy that buffers answers holds a stream's headers forever."""
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source)
     failures = []
     w.next().addErrback(failures.append)
@@ -358,7 +373,7 @@ def test_no_headers_in_time_falls_back_to_plain_watches():
 
 
 def test_probe_renews_a_stream_when_the_cluster_moves_far():
-    clock, source = Clock(), FakeSource()
+    clock, source = fakes()
     w = streaming(clock, source)
     out = []
     w.next().addCallback(out.append)

@@ -1,0 +1,160 @@
+"""HTTP to one etcd cluster: requests on a persistent pool, moving between the cluster's endpoints.
+
+Transport failures become etcd errors here: a failed TLS handshake is
+:class:`~etcdmirror.answers.TLSError` (retrying cannot fix a certificate),
+anything else :class:`~etcdmirror.answers.EtcdUnavailable` (or
+:class:`~etcdmirror.answers.EtcdTimeout`), after which the next request goes
+to the next endpoint.  Messages name the request and the endpoint, never the
+credentials.
+"""
+
+from typing import Any, List, Optional, Tuple
+from urllib.parse import quote, urlencode
+
+import treq
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from etcdmirror.answers import EtcdTimeout, EtcdUnavailable, TLSError
+from etcdmirror.bodies import BytesBody
+from etcdmirror.endpoints import Cluster, Endpoint
+
+
+def make_pool(reactor: Any, max_per_host: int = 8) -> HTTPConnectionPool:
+    """A persistent connection pool; treq's default keeps only 2 per host."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max_per_host
+    pool.retryAutomatically = False
+    return pool
+
+
+class Transport:
+    """Sends requests to the current endpoint of ``cluster``; moves on after a failure."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        reactor: IReactorTime,
+        pool: Optional[HTTPConnectionPool] = None,
+        timeout: float = 10.0,
+        name: str = "etcd",
+        tls: Optional[Any] = None,
+    ) -> None:
+        self.cluster = cluster
+        self.reactor = reactor
+        self.timeout = timeout
+        self.name = name
+        self._endpoint_no = 0
+        self._pool = pool if pool is not None else make_pool(reactor)
+        self._http = treq.client.HTTPClient(
+            Agent(reactor, pool=self._pool, connectTimeout=timeout,
+                  **({"contextFactory": tls} if tls is not None else {}))
+        )
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.cluster.endpoints[self._endpoint_no]
+
+    def next_endpoint(self) -> None:
+        """Move to the next endpoint of the cluster (after a transport failure)."""
+        self._endpoint_no = (self._endpoint_no + 1) % len(self.cluster.endpoints)
+
+    def url_for(self, key: str) -> str:
+        return self.endpoint.url + "/v2/keys" + quote(key, safe="/")
+
+    def close(self) -> defer.Deferred:
+        return self._pool.closeCachedConnections()
+
+    def request(
+        self,
+        method: str,
+        key: str,
+        params: List[Tuple[str, str]],
+        form: Optional[List[Tuple[str, str]]] = None,
+    ) -> Tuple[str, defer.Deferred]:
+        """Send a request for ``key``; ``form`` is sent url-encoded.
+
+        Returns what names the request in errors, and a Deferred that fires
+        with the response as soon as its headers are in (the body is the
+        caller's to read) or fails with an etcd error.
+        """
+        endpoint = self.endpoint
+        what = f"{method} {key!r} on {self.name} {endpoint.url}"
+        url = self.url_for(key)
+        if params:
+            url += "?" + urlencode(params)
+        headers = {b"Accept": [b"application/json"]}
+        data = None
+        if form is not None:
+            data = BytesBody(urlencode(form).encode("ascii"))
+            headers[b"Content-Type"] = [b"application/x-www-form-urlencoded"]
+        d = self._http.request(
+            method,
+            url,
+            data=data,
+            headers=headers,
+            auth=self.cluster.auth,
+            timeout=self.timeout,
+            unbuffered=True,
+            allow_redirects=False,
+            reactor=self.reactor,
+        )
+        d.addErrback(self._failed, what)
+        return what, d
+
+    def connection_lost(self, what: str, doing: str, failure: Failure) -> EtcdUnavailable:
+        """The error for a body cut off midway; the next try goes to another endpoint."""
+        self.next_endpoint()
+        return EtcdUnavailable(
+            f"{what}: connection lost while {doing}: {_describe_exception(failure.value)}",
+            cause=failure.value,
+        )
+
+    def _failed(self, failure: Failure, what: str) -> Failure:
+        tls_problem = _tls_problem(failure.value)
+        if tls_problem is not None:
+            # Retrying cannot fix a certificate: stop with the reason.
+            raise TLSError(f"{what}: TLS failed: {tls_problem}; check the CA file, the "
+                           "certificate and that the URL's host name is in it")
+        self.next_endpoint()
+        cause = failure.value
+        if _cancelled(failure):
+            # treq cancels a request whose headers did not come in time; Twisted
+            # wraps that in ResponseNeverReceived.
+            raise EtcdTimeout(f"{what}: no answer within {self.timeout:g}s", cause=cause)
+        raise EtcdUnavailable(f"{what}: {_describe_exception(cause)}", cause=cause)
+
+
+def _cancelled(failure: Failure) -> bool:
+    """True for a cancelled request, also when Twisted wrapped the cancellation."""
+    if failure.check(defer.CancelledError):
+        return True
+    reasons = getattr(failure.value, "reasons", None) or ()
+    return any(isinstance(r, Failure) and r.check(defer.CancelledError) for r in reasons)
+
+
+def _tls_problem(exc: BaseException) -> Optional[str]:
+    """The TLS error inside a transport failure (Twisted nests them), if any."""
+    reasons = getattr(exc, "reasons", None)
+    if reasons:
+        for reason in reasons:
+            found = _tls_problem(reason.value)
+            if found:
+                return found
+        return None
+    module = type(exc).__module__ or ""
+    if module.startswith(("OpenSSL", "service_identity", "ssl")) or "SSL" in type(exc).__name__:
+        return _describe_exception(exc)
+    return None
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """A one-line cause: Twisted wraps the real reason in lists of Failures."""
+    reasons = getattr(exc, "reasons", None)
+    if reasons:
+        inner = "; ".join(_describe_exception(r.value) for r in reasons)
+        return f"{type(exc).__name__}({inner})"
+    text = str(exc) or type(exc).__name__
+    return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
