@@ -141,14 +141,14 @@ class ReplicationController:
             return self._failed(f"{e}; replication stopped, last applied index {self.index}")
         except Exception as e:  # a bug: say so loudly, let systemd restart us
             self._shutdown_io()
-            self.status.state = st.FAILED
+            self.status.state = st.State.FAILED
             self.status.error(f"internal error: {e!r}")
             log.critical("internal error, stopping (last applied index %d)", self.index,
                          exc_info=True)
             return EXIT_CRASH
         self._shutdown_io()
         yield self.checkpoint.close()
-        self.status.state = st.STOPPED
+        self.status.state = st.State.STOPPED
         if self.checkpoint.persisted_index is None:
             log.info("stopped before replication started")
         else:
@@ -157,7 +157,7 @@ class ReplicationController:
 
     def _failed(self, message: str) -> int:
         self._shutdown_io()
-        self.status.state = st.FAILED
+        self.status.state = st.State.FAILED
         self.status.error(message)
         log.critical("%s", message)
         return EXIT_OPERATOR
@@ -168,7 +168,7 @@ class ReplicationController:
             return
         log.info("stop requested")
         self._running = False
-        self.status.state = st.STOPPING
+        self.status.state = st.State.STOPPING
         if self._interruptible is not None:
             self._interruptible.cancel()
 
@@ -224,7 +224,7 @@ class ReplicationController:
     @defer.inlineCallbacks
     def _replicate(self):
         self.status.replica_index = self.index
-        self.status.state = st.REPLICATING
+        self.status.state = st.State.REPLICATING
         self.source.follow(self.index + 1)
         log.info("Starting replication at %s", self.index)
         self.ttl.start()
@@ -374,7 +374,7 @@ class ReplicationController:
 
     @defer.inlineCallbacks
     def _resync_in_turn(self, reason: str):
-        self.status.state = st.RELOADING if reason == "reload" else st.RESYNCING
+        self.status.state = st.State.RELOADING if reason == "reload" else st.State.RESYNCING
         log.info("Re-loading the etcd data from the source cluster (%s)", reason)
         self.source.close()
         started = time.perf_counter()
@@ -401,7 +401,7 @@ class ReplicationController:
         self.metrics.resyncs.labels(reason=reason).inc()
         self.status.saw_source_index(report.etcd_index)
         self.status.replica_index = self.index
-        self.status.state = st.REPLICATING
+        self.status.state = st.State.REPLICATING
         self.source.follow(self.index + 1)
         log.info(
             "resync (%s) done in %.2fs: %d source nodes, %d written, %d deleted; "

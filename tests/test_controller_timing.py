@@ -84,11 +84,11 @@ def flaky(failures):
 def test_transient_errors_are_retried_with_growing_delays():
     clock = Clock()
     c = make(clock)
-    c.status.state = st.REPLICATING
+    c.status.state = st.State.REPLICATING
     operation, calls = flaky(3)
     results = []
     c._retrying("reading", "source", operation).addCallback(results.append)
-    assert len(calls) == 1 and c.status.state == st.RETRYING
+    assert len(calls) == 1 and c.status.state is st.State.RETRYING
     clock.advance(0.99)
     assert len(calls) == 1
     clock.advance(0.01)          # 1 s
@@ -98,7 +98,7 @@ def test_transient_errors_are_retried_with_growing_delays():
     clock.advance(3.99)
     assert len(calls) == 3 and not results
     clock.advance(0.01)          # 4 s
-    assert results == ["answer"] and c.status.state == st.REPLICATING
+    assert results == ["answer"] and c.status.state is st.State.REPLICATING
     assert "connection refused" in c.status.last_error
 
 
