@@ -32,7 +32,7 @@ from etcdmirror.applier import (
 from etcdmirror.backoff import Backoff
 from etcdmirror.checkpoint import BatchSettings, Checkpointer
 from etcdmirror.client import WatchProgress
-from etcdmirror.errors import MirrorFatal
+from etcdmirror.errors import EXIT_CRASH, EXIT_OK, EXIT_OPERATOR, MirrorFatal
 from etcdmirror.freshness import parse_heartbeat
 from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper
@@ -42,10 +42,6 @@ from etcdmirror.retry import Retrier
 from etcdmirror.roles import Checkpoint, NoKeeper, ReplicaWriter, SourceReader
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_OPERATOR = 1
-EXIT_CRASH = 70
 
 
 class _Stopping(Exception):

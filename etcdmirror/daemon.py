@@ -17,6 +17,7 @@ from etcdmirror import __version__
 from etcdmirror.client import EtcdClient, make_pool
 from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.endpoints import Cluster
+from etcdmirror.errors import EXIT_OK, EXIT_OPERATOR
 from etcdmirror.freshness import FreshnessTracker, Heartbeat
 from etcdmirror.indexstore import IndexStore
 from etcdmirror.keys import KeyMapper, probe_key
@@ -89,7 +90,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
                                       interface=daemon.listen_address)
     except CannotListenError as e:
         log.critical("cannot serve the HTTP interface on port %d: %s", port, e.socketError)
-        return 1
+        return EXIT_OPERATOR
     log.info("etcd-mirror %s: %s%s -> %s%s; HTTP interface on port %d%s", __version__,
              src.display, mapper.src_prefix, dst.display, mapper.dst_root,
              listening.getHost().port,
@@ -107,7 +108,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
         controller.stop()
         # Never hang on a request in hand: what was not acknowledged is
         # simply replayed at the next start.
-        reactor.callLater(STOP_GRACE_SECONDS, finished, 0)
+        reactor.callLater(STOP_GRACE_SECONDS, finished, EXIT_OK)
 
     def on_signal(signum: int, frame: Any) -> None:
         reactor.callFromThread(shutdown, signum)
@@ -118,7 +119,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     reactor.callWhenRunning(lambda: controller.run().addBoth(finished))
     _start_side_jobs(reactor, source, controller, status, options, daemon)
     reactor.run(installSignalHandlers=False)
-    return exit_code[0] if exit_code else 0
+    return exit_code[0] if exit_code else EXIT_OK
 
 
 def _start_side_jobs(reactor: Any, source: EtcdClient, controller: ReplicationController,

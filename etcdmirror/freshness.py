@@ -74,7 +74,6 @@ class Heartbeat:
         self.clock = clock
         self.interval = interval
         self.wall = wall
-        self.failures = 0
         self._periodic = Periodic(clock, self.beat)
 
     def start(self) -> None:
@@ -88,7 +87,6 @@ class Heartbeat:
         try:
             yield self.source.put(self.key, f"{self.wall():.3f}")
         except Exception as e:  # the next beat tries again; the age tells the rest
-            self.failures += 1
             log.warning("heartbeat to %r failed: %s", self.key, e)
 
 

@@ -29,6 +29,9 @@ from etcdmirror.v2source import V2SourceReader
 
 log = logging.getLogger(__name__)
 
+#: ``etcd-mirror-verify``'s exit statuses besides 0 (diff's convention).
+DIFFERENT, UNCOMPARABLE = 1, 2
+
 
 @dataclass(frozen=True)
 class Difference:
@@ -151,13 +154,13 @@ def verify_command(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
         where = f"{src.display}{mapper.src_prefix} and {dst.display}{mapper.dst_root}"
         if found:
             echo(f"{len(found)} differences between {where}")
-            raise SystemExit(1)
+            raise SystemExit(DIFFERENT)
         echo(f"identical: {where}")
 
     def failed(failure: Any) -> None:
         failure.trap(Exception)
         echo_error(f"could not compare: {failure.getErrorMessage()}")
-        raise SystemExit(2)
+        raise SystemExit(UNCOMPARABLE)
 
     d = verify_once(source, replica, mapper)
     d.addCallbacks(report, failed)
