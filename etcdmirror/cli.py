@@ -208,15 +208,17 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
         return
     setup_logging(debug, level=LEVELS[log_level])
     from etcdmirror.controller import Options
+    from etcdmirror.daemon import DaemonOptions, run
+    from etcdmirror.watcher import WatchSettings
     options = Options(reload=reload, event_log=event_log, auto_resync=not no_auto_resync,
-                      on_divergence=on_divergence, watch_idle_timeout=watch_idle_timeout,
-                      watch_concurrency=watch_concurrency, watch_stream=watch_stream,
-                      verify_interval=verify_interval,
-                      heartbeat_key=heartbeat_key, heartbeat_interval=heartbeat_interval,
-                      max_replica_age=max_replica_age, listen_address=listen_address,
-                      src_tls=src_tls, dst_tls=dst_tls)
-    from etcdmirror.daemon import run
-    sys.exit(run(src, dst, mapper, dst_prefix, port, options))
+                      on_divergence=on_divergence, heartbeat_key=heartbeat_key)
+    daemon = DaemonOptions(
+        watch=WatchSettings(concurrency=watch_concurrency, stream=watch_stream,
+                            idle_timeout=watch_idle_timeout),
+        verify_interval=verify_interval, heartbeat_interval=heartbeat_interval,
+        max_replica_age=max_replica_age, listen_address=listen_address,
+        src_tls=src_tls, dst_tls=dst_tls)
+    sys.exit(run(src, dst, mapper, dst_prefix, port, options, daemon))
 
 
 @click.command(

@@ -6,6 +6,8 @@ command line (:mod:`etcdmirror.cli`) only parses and validates.
 
 import logging
 import signal
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, List
 
 from prometheus_client import CollectorRegistry
@@ -15,6 +17,7 @@ from etcdmirror import __version__
 from etcdmirror.client import EtcdClient
 from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.endpoints import Cluster
+from etcdmirror.errors import EXIT_OK, EXIT_OPERATOR
 from etcdmirror.freshness import FreshnessTracker, Heartbeat
 from etcdmirror.indexstore import IndexStore
 from etcdmirror.keys import KeyMapper, probe_key
@@ -23,7 +26,11 @@ from etcdmirror.sdnotify import Notifier, SystemdReporter
 from etcdmirror.status import MirrorStatus
 from etcdmirror.transport import make_pool
 from etcdmirror.ttlkeeper import CONCURRENCY as TTL_CONCURRENCY
+from etcdmirror.ttlkeeper import TtlKeeper
+from etcdmirror.v2replica import V2ReplicaWriter
+from etcdmirror.v2source import V2SourceReader
 from etcdmirror.verify import PeriodicVerifier
+from etcdmirror.watcher import WatchSettings
 from etcdmirror.web import make_site
 
 log = logging.getLogger("etcdmirror")
@@ -31,38 +38,64 @@ log = logging.getLogger("etcdmirror")
 #: How long a stop may wait for the request in hand before giving up on it.
 STOP_GRACE_SECONDS = 4.0
 
+#: Source connections the side jobs may hold at once (freshness probe,
+#: heartbeat, periodic verify), beyond the watch window's and the TTL keeper's.
+SIDE_JOB_CONNECTIONS = 2
+
+
+@dataclass
+class DaemonOptions:
+    """The process around the replication loop: reading, serving, side jobs, TLS."""
+
+    #: How the source is watched (``--watch-*``).
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    #: Compare the replica with the source every so many seconds (0: never).
+    verify_interval: float = 0.0
+    #: How often to write the heartbeat and publish freshness (seconds).
+    heartbeat_interval: float = 5.0
+    #: /healthz is 503 when the replica is older than this (0: never).
+    max_replica_age: float = 0.0
+    #: Address the HTTP interface binds to ("": all, as 0.0.12 did).
+    listen_address: str = ""
+    #: TLS policies (IPolicyForHTTPS) per side; None: the system's trust store.
+    src_tls: Any = None
+    dst_tls: Any = None
+
 
 def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port: int,
-        options: Options) -> int:
+        options: Options, daemon: DaemonOptions) -> int:
     """Wire the mirror together on the global reactor and run it; returns the exit code."""
     from twisted.internet import reactor
 
     status = MirrorStatus(source=src.display, destination=dst.display,
                           src_prefix=mapper.src_prefix, dst_prefix=mapper.dst_prefix,
                           index_key=mapper.index_key, version=__version__,
-                          max_replica_age=options.max_replica_age)
+                          max_replica_age=daemon.max_replica_age)
     registry = CollectorRegistry()
     metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
     # Every watch in flight holds a connection, and so does each of the TTL
     # keeper's reads; keep them all persistent.
-    source = EtcdClient(src, reactor,
-                        make_pool(reactor, options.watch_concurrency + 4 + TTL_CONCURRENCY),
+    connections = daemon.watch.connections_needed + TTL_CONCURRENCY + SIDE_JOB_CONNECTIONS
+    source = EtcdClient(src, reactor, make_pool(reactor, connections),
                         name="source", probe_key=probe_key(mapper.src_prefix),
-                        tls=options.src_tls)
+                        tls=daemon.src_tls)
     destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination",
-                             probe_key=IndexStore.probe_key_for(mapper), tls=options.dst_tls)
-    controller = ReplicationController(source, destination, mapper, status, metrics,
-                                       reactor, options)
+                             probe_key=IndexStore.probe_key_for(mapper), tls=daemon.dst_tls)
+    controller = ReplicationController(
+        partial(V2SourceReader, source, mapper.src_prefix, reactor, daemon.watch),
+        V2ReplicaWriter(destination, mapper), IndexStore(destination, mapper),
+        mapper, status, metrics, reactor, options,
+        make_keeper=partial(TtlKeeper, source, destination, mapper, reactor, metrics=metrics))
     try:
         listening = reactor.listenTCP(port, make_site(status, registry),
-                                      interface=options.listen_address)
+                                      interface=daemon.listen_address)
     except CannotListenError as e:
         log.critical("cannot serve the HTTP interface on port %d: %s", port, e.socketError)
-        return 1
+        return EXIT_OPERATOR
     log.info("etcd-mirror %s: %s%s -> %s%s; HTTP interface on port %d%s", __version__,
              src.display, mapper.src_prefix, dst.display, mapper.dst_root,
              listening.getHost().port,
-             f" (address {options.listen_address})" if options.listen_address else "")
+             f" (address {daemon.listen_address})" if daemon.listen_address else "")
 
     exit_code: List[int] = []
 
@@ -76,7 +109,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
         controller.stop()
         # Never hang on a request in hand: what was not acknowledged is
         # simply replayed at the next start.
-        reactor.callLater(STOP_GRACE_SECONDS, finished, 0)
+        reactor.callLater(STOP_GRACE_SECONDS, finished, EXIT_OK)
 
     def on_signal(signum: int, frame: Any) -> None:
         reactor.callFromThread(shutdown, signum)
@@ -85,25 +118,25 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
         signal.signal(sig, on_signal)
 
     reactor.callWhenRunning(lambda: controller.run().addBoth(finished))
-    _start_side_jobs(reactor, source, destination, mapper, controller, status, options)
+    _start_side_jobs(reactor, source, controller, status, options, daemon)
     reactor.run(installSignalHandlers=False)
-    return exit_code[0] if exit_code else 0
+    return exit_code[0] if exit_code else EXIT_OK
 
 
-def _start_side_jobs(reactor: Any, source: EtcdClient, destination: EtcdClient,
-                     mapper: KeyMapper, controller: ReplicationController,
-                     status: MirrorStatus, options: Options) -> None:
+def _start_side_jobs(reactor: Any, source: EtcdClient, controller: ReplicationController,
+                     status: MirrorStatus, options: Options, daemon: DaemonOptions) -> None:
     """Freshness, the opt-in heartbeat, systemd notify and the periodic verify."""
 
     def fresh(as_of: Any) -> None:
         status.fresh_as_of = as_of.time
 
-    tracker = FreshnessTracker(source, controller.store, reactor, options.heartbeat_interval,
-                               lambda: controller.index, on_fresh=fresh)
+    tracker = FreshnessTracker(controller.source, controller.store, reactor,
+                               daemon.heartbeat_interval, lambda: controller.index,
+                               on_fresh=fresh)
     reactor.callWhenRunning(tracker.start)
     if options.heartbeat_key:
         heartbeat = Heartbeat(source, options.heartbeat_key, reactor,
-                              options.heartbeat_interval)
+                              daemon.heartbeat_interval)
         reactor.callWhenRunning(heartbeat.start)
 
     notifier = Notifier()
@@ -111,7 +144,7 @@ def _start_side_jobs(reactor: Any, source: EtcdClient, destination: EtcdClient,
     reactor.callWhenRunning(systemd.start)
     reactor.addSystemEventTrigger("before", "shutdown", systemd.stop)
 
-    if options.verify_interval > 0:
+    if daemon.verify_interval > 0:
         def report(found: List[Any]) -> None:
             status.divergent_keys = len(found)
             status.last_verify_time = reactor.seconds()
@@ -120,6 +153,6 @@ def _start_side_jobs(reactor: Any, source: EtcdClient, destination: EtcdClient,
             if found:
                 log.warning("verify: %d keys differ from the source", len(found))
 
-        verifier = PeriodicVerifier(source, destination, mapper, reactor,
-                                    lambda: controller.index, report)
-        reactor.callWhenRunning(verifier.start, options.verify_interval)
+        verifier = PeriodicVerifier(controller.source, controller.replica, controller.mapper,
+                                    reactor, lambda: controller.index, report)
+        reactor.callWhenRunning(verifier.start, daemon.verify_interval)

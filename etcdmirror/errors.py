@@ -1,4 +1,11 @@
-"""Errors that end replication, as types."""
+"""Errors that end replication, as types; the process's exit statuses, as names."""
+
+#: Stopped on request.
+EXIT_OK = 0
+#: Stopped for a reason an operator must look at (systemd does not restart it).
+EXIT_OPERATOR = 1
+#: An internal error (EX_SOFTWARE): systemd restarts the mirror.
+EXIT_CRASH = 70
 
 
 class MirrorFatal(Exception):

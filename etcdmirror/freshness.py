@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from etcdmirror.client import EtcdClient
 from etcdmirror.endpoints import Cluster
 from etcdmirror.indexstore import IndexStore
+from etcdmirror.roles import Checkpoint, SourceReader
 from etcdmirror.keys import KeyMapper
 from etcdmirror.periodic import Periodic
 
@@ -73,7 +74,6 @@ class Heartbeat:
         self.clock = clock
         self.interval = interval
         self.wall = wall
-        self.failures = 0
         self._periodic = Periodic(clock, self.beat)
 
     def start(self) -> None:
@@ -87,7 +87,6 @@ class Heartbeat:
         try:
             yield self.source.put(self.key, f"{self.wall():.3f}")
         except Exception as e:  # the next beat tries again; the age tells the rest
-            self.failures += 1
             log.warning("heartbeat to %r failed: %s", self.key, e)
 
 
@@ -99,7 +98,7 @@ class FreshnessTracker:
     index again.
     """
 
-    def __init__(self, source: EtcdClient, store: IndexStore, clock: IReactorTime,
+    def __init__(self, source: SourceReader, store: Checkpoint, clock: IReactorTime,
                  interval: float, applied_index: Callable[[], int],
                  on_fresh: Callable[[FreshAsOf], None] = lambda fresh: None,
                  wall: Callable[[], float] = time.time) -> None:
@@ -114,10 +113,6 @@ class FreshnessTracker:
         self._pending: Optional[FreshAsOf] = None
         self._published: Optional[FreshAsOf] = None
         self._periodic = Periodic(clock, self.check)
-
-    @property
-    def key(self) -> str:
-        return self.store.fresh_as_of_key
 
     def start(self) -> None:
         self._periodic.start(self.interval)
@@ -135,12 +130,12 @@ class FreshnessTracker:
         try:
             self._promote()
             asked = self.wall()
-            probe = yield self.source.probe(quorum=True)
+            probe = yield self.source.position()
             if probe.etcd_index is not None:
                 self._pending = FreshAsOf(asked, probe.etcd_index)
                 self._promote()
             if self.fresh_as_of is not None and self.fresh_as_of != self._published:
-                yield self.store.put(self.key, self.fresh_as_of.encode())
+                yield self.store.write_fresh_as_of(self.fresh_as_of.encode())
                 self._published = self.fresh_as_of
         except Exception as e:  # next round; the age keeps growing meanwhile
             log.debug("freshness check failed: %s", e)
@@ -169,7 +164,8 @@ def check_freshness(reactor: Any, dst: Cluster, mapper: KeyMapper,
     heartbeat key) from the destination only.  Ends in :class:`SystemExit`
     with 0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN.
     """
-    store = IndexStore(EtcdClient(dst, reactor, name="destination", tls=dst_tls), mapper)
+    destination = EtcdClient(dst, reactor, name="destination", tls=dst_tls)
+    store = IndexStore(destination, mapper)
     key = mapper.to_dst(heartbeat_key) if heartbeat_key else store.fresh_as_of_key
 
     def report(value: Optional[str]) -> None:
@@ -195,6 +191,10 @@ def check_freshness(reactor: Any, dst: Cluster, mapper: KeyMapper,
         echo(f"UNKNOWN: {failure.getErrorMessage()}")
         raise SystemExit(UNKNOWN)
 
-    d = store.read_optional(key)
+    if heartbeat_key:
+        d = destination.get_or_none(key)
+        d.addCallback(lambda node: node.value if node is not None else None)
+    else:
+        d = store.read_fresh_as_of()
     d.addCallbacks(report, failed)
     return d

@@ -21,8 +21,6 @@ continue from an index we wrote and we from one it wrote:
 Every sibling key's name is here and nowhere else.
 """
 
-from typing import Optional
-
 import etcd
 from twisted.internet import defer
 
@@ -32,7 +30,7 @@ from etcdmirror.keys import KeyMapper
 
 
 class IndexStore:
-    """Reads and writes the index key and its siblings (no retries here)."""
+    """The :class:`~etcdmirror.roles.Checkpoint` on an etcd v2 destination (no retries here)."""
 
     def __init__(self, destination: EtcdClient, mapper: KeyMapper) -> None:
         self.destination = destination
@@ -50,8 +48,8 @@ class IndexStore:
 
     @defer.inlineCallbacks
     def read_index(self):
-        """The persisted index; :class:`MirrorFatal` when missing or not a number."""
-        value = yield self.read_optional(self.key)
+        """Fires with the persisted index; :class:`MirrorFatal` when missing or not a number."""
+        value = yield self._read(self.key)
         if value is None:
             raise MirrorFatal(
                 f"The replication key {self.key} could not be found on the destination "
@@ -64,12 +62,13 @@ class IndexStore:
                 "Restart with --reload!") from None
 
     def write_index(self, index: int) -> defer.Deferred:
+        """Fires once the index is written."""
         return self.destination.put(self.key, str(index))
 
     @defer.inlineCallbacks
     def read_horizon(self):
-        """The replay horizon, or None (never written, e.g. by 0.0.12)."""
-        value = yield self.read_optional(self.horizon_key)
+        """Fires with the replay horizon, or None (never written, e.g. by 0.0.12)."""
+        value = yield self._read(self.horizon_key)
         try:
             return int(value) if value is not None else None
         except ValueError:
@@ -78,29 +77,38 @@ class IndexStore:
     def write_horizon(self, index: int) -> defer.Deferred:
         return self.destination.put(self.horizon_key, str(index))
 
+    def read_source_id(self) -> defer.Deferred:
+        """Fires with the recorded X-Etcd-Cluster-Id of the source, or None."""
+        return self._read(self.source_id_key)
+
+    def write_source_id(self, cluster_id: str) -> defer.Deferred:
+        return self.destination.put(self.source_id_key, cluster_id)
+
+    def read_resync_marker(self) -> defer.Deferred:
+        """Fires with the reason of a resync cut short, or None."""
+        return self._read(self.resync_marker_key)
+
+    def mark_resync(self, reason: str) -> defer.Deferred:
+        return self.destination.put(self.resync_marker_key, reason)
+
+    def clear_resync_marker(self) -> defer.Deferred:
+        return self._delete(self.resync_marker_key)
+
+    def read_fresh_as_of(self) -> defer.Deferred:
+        """Fires with the published freshness (:class:`~etcdmirror.freshness.FreshAsOf` text)."""
+        return self._read(self.fresh_as_of_key)
+
+    def write_fresh_as_of(self, value: str) -> defer.Deferred:
+        return self.destination.put(self.fresh_as_of_key, value)
+
     @defer.inlineCallbacks
-    def read_optional(self, key: str):
-        """The value of ``key``, or None when it does not exist."""
+    def _read(self, key: str):
         node = yield self.destination.get_or_none(key)
         return node.value if node is not None else None
 
-    def put(self, key: str, value: str) -> defer.Deferred:
-        return self.destination.put(key, value)
-
     @defer.inlineCallbacks
-    def delete(self, key: str):
+    def _delete(self, key: str):
         try:
             yield self.destination.delete(key)
         except etcd.EtcdKeyNotFound:
             pass
-
-
-def horizon_value(current: Optional[int], event_index: int, slack: int) -> Optional[int]:
-    """The horizon to write before applying ``event_index``, or None if covered.
-
-    Written with slack so that a trickle of events does not cost a second
-    write each: one horizon write covers the next ``slack`` indexes.
-    """
-    if current is not None and event_index <= current:
-        return None
-    return event_index + slack

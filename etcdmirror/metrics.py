@@ -21,7 +21,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from etcdmirror.applier import ACTIONS, Outcome
-from etcdmirror.status import STATES, MirrorStatus
+from etcdmirror.status import MirrorStatus, State
 
 NAMESPACE = "etcdmirror"
 
@@ -126,8 +126,9 @@ class Metrics:
             "replica_index", "Source index the replica is known complete up to", **ns)
         replica_index.set_function(lambda: status.replica_index)
         state = Gauge("state", "1 for the mirror's current state", ["state"], **ns)
-        for name in STATES:
-            state.labels(state=name).set_function(lambda name=name: float(status.state == name))
+        for each in State:
+            state.labels(state=each.value).set_function(
+                lambda each=each: float(status.state is each))
         last_event = Gauge(
             "last_event_timestamp_seconds", "When the last event was applied", **ns)
         last_event.set_function(lambda: status.last_event_time or 0.0)

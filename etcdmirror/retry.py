@@ -67,7 +67,7 @@ class Retrier:
                 status.error(str(e))
                 if previous_state is None:
                     previous_state = status.state
-                status.state = st.RETRYING
+                status.state = st.State.RETRYING
                 if callable(what):
                     what = what()
                 log.warning("%s failed: %s; retrying in %.1fs", what, e, delay)
@@ -80,7 +80,7 @@ class Retrier:
             if previous_state is not None:
                 log.info("%s: recovered after %d retries",
                          what() if callable(what) else what, backoff.attempts)
-                if status.state == st.RETRYING:
+                if status.state is st.State.RETRYING:
                     status.state = previous_state
             return result
 

@@ -62,7 +62,7 @@ def summary(status: st.MirrorStatus) -> str:
     """The STATUS= line: state, indexes, lag and age."""
     age = status.replica_age
     age_text = f", replica age {age:.0f}s" if age is not None else ""
-    return (f"{status.state}: replica index {status.replica_index}, source index "
+    return (f"{status.state.value}: replica index {status.replica_index}, source index "
             f"{status.source_index}, lag {status.lag}{age_text}")
 
 
@@ -92,12 +92,12 @@ class SystemdReporter:
     def alive(self) -> bool:
         """Kick the watchdog?  While the replication loop moved lately."""
         beat = self.status.loop_heartbeat
-        return (self.status.state not in (st.FAILED, st.STOPPED) and beat is not None
+        return (self.status.state not in (st.State.FAILED, st.State.STOPPED) and beat is not None
                 and self.clock.seconds() - beat <= self.wedged_after)
 
     def tick(self) -> None:
         messages = [f"STATUS={summary(self.status)}"]
-        if not self.ready and self.status.checks_passed and self.status.state != st.FAILED:
+        if not self.ready and self.status.checks_passed and self.status.state is not st.State.FAILED:
             self.ready = True
             messages.append("READY=1")
         if self.notifier.watchdog_seconds and self.alive():

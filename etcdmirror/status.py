@@ -7,17 +7,20 @@ gets its own :class:`MirrorStatus`, passed in.
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Callable, Dict, Optional
 
-STARTING = "starting"
-RELOADING = "reloading"
-RESYNCING = "resyncing"
-REPLICATING = "replicating"
-RETRYING = "retrying"
-STOPPING = "stopping"
-STOPPED = "stopped"
-FAILED = "failed"
-STATES = (STARTING, RELOADING, RESYNCING, REPLICATING, RETRYING, STOPPING, STOPPED, FAILED)
+class State(Enum):
+    """What the mirror is doing; the value is what ``/status`` and the metrics say."""
+
+    STARTING = "starting"
+    RELOADING = "reloading"
+    RESYNCING = "resyncing"
+    REPLICATING = "replicating"
+    RETRYING = "retrying"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
 
 
 @dataclass
@@ -30,7 +33,7 @@ class MirrorStatus:
     dst_prefix: str
     index_key: str
     version: str = ""
-    state: str = STARTING
+    state: State = State.STARTING
     source_index: int = 0
     replica_index: int = 0
     last_error: Optional[str] = None
@@ -90,7 +93,7 @@ class MirrorStatus:
 
     @property
     def healthy(self) -> bool:
-        return self.state == REPLICATING and not self.stale
+        return self.state is State.REPLICATING and not self.stale
 
     def saw_source_index(self, index: Optional[int]) -> None:
         if index is not None and index > self.source_index:
@@ -102,7 +105,7 @@ class MirrorStatus:
 
     def as_dict(self) -> Dict[str, Any]:
         return {
-            "state": self.state,
+            "state": self.state.value,
             "healthy": self.healthy,
             "version": self.version,
             "source": {"endpoints": self.source, "prefix": self.src_prefix},

@@ -37,7 +37,7 @@ class TLSFiles:
                 with open(self.key_file or self.cert_file, "rb") as f:
                     pem += b"\n" + f.read()
                 client = ssl.PrivateCertificate.loadPEM(pem)
-        except (OSError, ValueError, Exception) as e:  # OpenSSL raises its own types
+        except Exception as e:  # OSError, ValueError, and OpenSSL raises its own types
             raise TLSConfigError(f"{type(e).__name__}: {e}") from None
         return ClientTLSPolicy(trust, client)
 

@@ -73,7 +73,8 @@ from etcdmirror.client import EtcdClient
 from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper, is_under
 from etcdmirror.metrics import Metrics
-from etcdmirror.resync import TTL_TOLERANCE, NodeState, snapshot
+from etcdmirror.resync import TTL_TOLERANCE, NodeState
+from etcdmirror.v2source import read_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class TtlKeeper:
         down) or older; each is checked at once, and written only once the
         mirror has applied up to the snapshot's index.
         """
-        snap = yield snapshot(self.source, self.mapper.src_prefix)
+        snap = yield read_snapshot(self.source, self.mapper.src_prefix)
         return self.track_snapshot(snap.nodes, snap.etcd_index, self.clock.seconds(),
                                    present=False)
 

@@ -22,9 +22,15 @@ from etcdmirror.client import EtcdClient
 from etcdmirror.endpoints import Cluster
 from etcdmirror.keys import KeyMapper
 from etcdmirror.periodic import Periodic
-from etcdmirror.resync import NodeState, make_plan, snapshot
+from etcdmirror.resync import NodeState, make_plan
+from etcdmirror.roles import ReplicaWriter, SourceReader
+from etcdmirror.v2replica import V2ReplicaWriter
+from etcdmirror.v2source import V2SourceReader
 
 log = logging.getLogger(__name__)
+
+#: ``etcd-mirror-verify``'s exit statuses besides 0 (diff's convention).
+DIFFERENT, UNCOMPARABLE = 1, 2
 
 
 @dataclass(frozen=True)
@@ -66,22 +72,22 @@ def differences(source: Dict[str, NodeState], destination: Dict[str, NodeState],
 
 
 @defer.inlineCallbacks
-def verify_once(source: EtcdClient, destination: EtcdClient, mapper: KeyMapper):
+def verify_once(source: SourceReader, replica: ReplicaWriter, mapper: KeyMapper):
     """Snapshot both sides (quorum reads) and compare them; fires with the list."""
-    src = yield snapshot(source, mapper.src_prefix)
-    dst = yield snapshot(destination, mapper.dst_root)
+    src = yield source.snapshot()
+    dst = yield replica.snapshot()
     return differences(src.nodes, dst.nodes, mapper)
 
 
 class PeriodicVerifier:
     """Runs a consistent comparison every ``interval`` seconds inside the daemon."""
 
-    def __init__(self, source: EtcdClient, destination: EtcdClient, mapper: KeyMapper,
+    def __init__(self, source: SourceReader, replica: ReplicaWriter, mapper: KeyMapper,
                  clock: IReactorTime, applied_index: Callable[[], int],
                  report: Callable[[List[Difference]], None],
                  catch_up_timeout: float = 30.0) -> None:
         self.source = source
-        self.destination = destination
+        self.replica = replica
         self.mapper = mapper
         self.clock = clock
         self.applied_index = applied_index
@@ -105,7 +111,7 @@ class PeriodicVerifier:
     @defer.inlineCallbacks
     def round(self):
         """One comparison; reports and fires with the differences, or None if skipped."""
-        first = yield snapshot(self.source, self.mapper.src_prefix)
+        first = yield self.source.snapshot()
         deadline = self.clock.seconds() + self.catch_up_timeout
         while self.applied_index() < first.etcd_index:
             if self.clock.seconds() >= deadline:
@@ -113,8 +119,8 @@ class PeriodicVerifier:
                          first.etcd_index)
                 return None
             yield task.deferLater(self.clock, 0.1, lambda: None)
-        dst = yield snapshot(self.destination, self.mapper.dst_root)
-        second = yield snapshot(self.source, self.mapper.src_prefix)
+        dst = yield self.replica.snapshot()
+        second = yield self.source.snapshot()
         found = [d for d in differences(first.nodes, dst.nodes, self.mapper)
                  if self._stable(d, first.nodes, second.nodes)]
         self.report(found)
@@ -138,8 +144,9 @@ def verify_command(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
     Ends in :class:`SystemExit` as ``diff`` does: 0 identical, 1 different,
     2 the trees could not be compared.
     """
-    source = EtcdClient(src, reactor, name="source", tls=src_tls)
-    destination = EtcdClient(dst, reactor, name="destination", tls=dst_tls)
+    source = V2SourceReader(EtcdClient(src, reactor, name="source", tls=src_tls),
+                            mapper.src_prefix, reactor)
+    replica = V2ReplicaWriter(EtcdClient(dst, reactor, name="destination", tls=dst_tls), mapper)
 
     def report(found: List[Difference]) -> None:
         for difference in found:
@@ -147,14 +154,14 @@ def verify_command(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
         where = f"{src.display}{mapper.src_prefix} and {dst.display}{mapper.dst_root}"
         if found:
             echo(f"{len(found)} differences between {where}")
-            raise SystemExit(1)
+            raise SystemExit(DIFFERENT)
         echo(f"identical: {where}")
 
     def failed(failure: Any) -> None:
         failure.trap(Exception)
         echo_error(f"could not compare: {failure.getErrorMessage()}")
-        raise SystemExit(2)
+        raise SystemExit(UNCOMPARABLE)
 
-    d = verify_once(source, destination, mapper)
+    d = verify_once(source, replica, mapper)
     d.addCallbacks(report, failed)
     return d

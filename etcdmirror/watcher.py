@@ -29,6 +29,7 @@ too many wait to be applied, the stream is paused.
 """
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet import defer
@@ -42,6 +43,27 @@ from etcdmirror.stream import StreamFollower
 from etcdmirror.watches import PendingWatch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class WatchSettings:
+    """How the window reads (the command line's ``--watch-*`` options)."""
+
+    #: Watches in flight at once while catching up (1: one event per round trip).
+    concurrency: int = 16
+    #: Once caught up, watch with ``stream=true``: no request per event.
+    stream: bool = True
+    #: Re-register a watch that saw nothing for this long (seconds).
+    idle_timeout: float = 5.0
+    #: How often to probe the source's index while a watch is pending.
+    probe_interval: float = 0.5
+    #: Renew a pending watch early once the source moved this far past it.
+    probe_threshold: int = 200
+
+    @property
+    def connections_needed(self) -> int:
+        """Connections a window holds at most: its watches, the stream and the probe."""
+        return max(1, self.concurrency) + 2
 
 
 class WatchWindow:

@@ -13,7 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from etcdmirror.status import MirrorStatus
+from etcdmirror.status import MirrorStatus, State
 
 INDEX_TEXT = b"""etcd-mirror
 /lag: Replication lag (in term of etcd indexes)
@@ -71,7 +71,7 @@ class HealthResource(_Leaf):
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         if not self.status.healthy:
             request.setResponseCode(503)
-            why = "stale" if self.status.state == "replicating" else self.status.state
+            why = "stale" if self.status.state is State.REPLICATING else self.status.state.value
             return f"{why}\n".encode()
         return b"ok\n"
 

@@ -14,29 +14,59 @@ from etcdmirror import status as st
 from etcdmirror.answers import EtcdUnavailable, Event
 from etcdmirror.applier import EventApplier, Outcome, UnknownAction
 from etcdmirror.backoff import Backoff
+from etcdmirror.checkpoint import BatchSettings
 from etcdmirror.controller import Options, ReplicationController, _Stopping
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 
 
-class RecordingDestination:
-    """Records index writes; answers nothing else."""
+class RecordingCheckpoint:
+    """Records index and horizon writes; answers nothing else."""
+
+    key = "/__replication/b"
 
     def __init__(self):
         self.puts = []
 
-    def put(self, key, value=None, **kwargs):
-        self.puts.append((key, value))
+    def write_index(self, index):
+        self.puts.append((self.key, str(index)))
+        return defer.succeed(None)
+
+    def write_horizon(self, index):
+        self.puts.append((self.key + ".replay-horizon", str(index)))
         return defer.succeed(None)
 
 
-def make(clock, destination=None, **options):
+class QuietSource:
+    """A source reader whose watches never answer (until cancelled)."""
+
+    display = "http://s:1"
+
+    def __init__(self, **hooks):
+        self.waits = []
+
+    def follow(self, index):
+        pass
+
+    def close(self):
+        pass
+
+    def describe(self):
+        return {}
+
+    def next(self):
+        d = defer.Deferred(lambda d: self.waits.append("cancelled"))
+        self.waits.append(d)
+        return d
+
+
+def make(clock, checkpoint=None, replica=None, **batch):
     status = st.MirrorStatus("s", "d", "/a", "/b", "/__replication/b")
     metrics = Metrics(CollectorRegistry(), status, "http://d:1", "/b")
     return ReplicationController(
-        source=None, destination=destination or RecordingDestination(),
+        QuietSource, replica, checkpoint or RecordingCheckpoint(),
         mapper=KeyMapper("/a", "/b"), status=status, metrics=metrics, clock=clock,
-        options=Options(**options),
+        options=Options(batch=BatchSettings(**batch)),
         backoff_factory=lambda: Backoff(base=1.0, cap=8.0, rng=lambda: 1.0))
 
 
@@ -54,11 +84,11 @@ def flaky(failures):
 def test_transient_errors_are_retried_with_growing_delays():
     clock = Clock()
     c = make(clock)
-    c.status.state = st.REPLICATING
+    c.status.state = st.State.REPLICATING
     operation, calls = flaky(3)
     results = []
     c._retrying("reading", "source", operation).addCallback(results.append)
-    assert len(calls) == 1 and c.status.state == st.RETRYING
+    assert len(calls) == 1 and c.status.state is st.State.RETRYING
     clock.advance(0.99)
     assert len(calls) == 1
     clock.advance(0.01)          # 1 s
@@ -68,7 +98,7 @@ def test_transient_errors_are_retried_with_growing_delays():
     clock.advance(3.99)
     assert len(calls) == 3 and not results
     clock.advance(0.01)          # 4 s
-    assert results == ["answer"] and c.status.state == st.REPLICATING
+    assert results == ["answer"] and c.status.state is st.State.REPLICATING
     assert "connection refused" in c.status.last_error
 
 
@@ -93,10 +123,10 @@ def test_stop_interrupts_a_backoff_wait():
 
 def test_progress_is_persisted_at_most_every_interval_and_at_least_once():
     clock = Clock()
-    dest = RecordingDestination()
+    dest = RecordingCheckpoint()
     c = make(clock, dest, progress_persist_interval=10.0, progress_persist_events=500)
-    c.index = c.persisted_index = 100
-    c._last_persist = clock.seconds()
+    c.index = c.checkpoint.persisted_index = 100
+    c.checkpoint._last_persist = clock.seconds()
     c._progress(150)
     assert c.index == 150 and dest.puts == []
     clock.advance(9.9)
@@ -116,7 +146,7 @@ def test_progress_is_persisted_at_most_every_interval_and_at_least_once():
 
 def test_progress_never_moves_the_index_back():
     c = make(Clock())
-    c.index = c.persisted_index = 100
+    c.index = c.checkpoint.persisted_index = 100
     c._progress(50)
     assert c.index == 100
 
@@ -134,27 +164,15 @@ def test_a_resync_asked_for_by_the_ttl_keeper_interrupts_a_quiet_watch():
     """A TTL'd directory ran out on the replica: resync now, not at the next event."""
     clock = Clock()
     c = make(clock)
-    c.index = c.persisted_index = 10
-    waits, resyncs = [], []
-
-    class QuietWindow:
-        def reset(self, next_index):
-            pass
-
-        def close(self):
-            pass
-
-        def next(self):
-            d = defer.Deferred(lambda d: waits.append("cancelled"))
-            waits.append(d)
-            return d
+    c.index = c.checkpoint.persisted_index = 10
+    waits, resyncs = c.source.waits, []
 
     def resync(reason):
         resyncs.append(reason)
         c.stop()
         return defer.succeed(None)
 
-    c.window, c._resync = QuietWindow(), resync
+    c._resync = resync
     c._replicate().addErrback(lambda f: f.trap(_Stopping))
     assert len(waits) == 1 and not resyncs
     c._ttl_dir_expired("/a/tdir")
@@ -163,19 +181,18 @@ def test_a_resync_asked_for_by_the_ttl_keeper_interrupts_a_quiet_watch():
 
 def test_an_event_waits_for_a_ttl_refresh_in_progress():
     clock = Clock()
-    dest = RecordingDestination()
-    c = make(clock, dest)
-    c.index = c.persisted_index = 10
     applied = []
 
-    class Applier:
+    class Replica:
         def apply(self, event, replaying=False):
             applied.append(event.modifiedIndex)
             return defer.succeed(Outcome.APPLIED)
 
+    c = make(clock, replica=Replica())
+    c.index = c.checkpoint.persisted_index = 10
+
     event = Event.from_payload({"action": "set",
                                 "node": {"key": "/a/x", "value": "1", "modifiedIndex": 11}})
-    c.applier = Applier()
     assert c.gate.acquire() is None          # the TTL keeper is writing
     c._apply(event)
     assert applied == []

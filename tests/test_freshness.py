@@ -93,8 +93,7 @@ class FakeSource:
         self.puts.append((key, value))
         return defer.succeed(None)
 
-    def probe(self, quorum=False):
-        assert quorum
+    def position(self):
         return defer.succeed(WatchProgress(self.index, None))
 
 
@@ -105,8 +104,8 @@ class FakeStore:
     def __init__(self):
         self.puts = []
 
-    def put(self, key, value):
-        self.puts.append((key, value))
+    def write_fresh_as_of(self, value):
+        self.puts.append((self.fresh_as_of_key, value))
         return defer.succeed(None)
 
 

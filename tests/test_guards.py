@@ -9,7 +9,8 @@ from etcdmirror import guards
 from etcdmirror import status as st
 from etcdmirror.answers import Answer
 from etcdmirror.applier import Outcome
-from etcdmirror.controller import ReplicationController
+from etcdmirror.checkpoint import BatchSettings
+from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
@@ -101,25 +102,32 @@ def test_an_event_at_or_below_the_applied_index_is_never_applied():
     status = st.MirrorStatus("s", "d", "/a", "/b", "/__replication/b")
     applied, puts = [], []
 
-    class Destination:
-        def put(self, key, value=None, **kw):
-            puts.append((key, value))
+    deliveries = [delivery(5), delivery(5), delivery(3), delivery(6)]
+
+    class Checkpoint:
+        key = "/__replication/b"
+
+        def write_index(self, index):
+            puts.append((self.key, str(index)))
+            return defer.succeed(None)
+
+        def write_horizon(self, index):
             return defer.succeed(None)
 
     class Source:
-        class cluster:
-            display = "http://s:1"
+        display = "http://s:1"
 
-    c = ReplicationController(Source(), Destination(), KeyMapper("/a", "/b"), status,
-                              Metrics(CollectorRegistry(), status, "u", "/b"), Clock())
-    deliveries = [delivery(5), delivery(5), delivery(3), delivery(6)]
+        def __init__(self, **hooks):
+            pass
 
-    class Window:
-        def reset(self, next_index):
+        def follow(self, index):
             pass
 
         def close(self):
             pass
+
+        def describe(self):
+            return {}
 
         def next(self):
             if not deliveries:
@@ -127,13 +135,15 @@ def test_an_event_at_or_below_the_applied_index_is_never_applied():
                 return defer.Deferred()
             return defer.succeed(deliveries.pop(0))
 
-    class Applier:
+    class Replica:
         def apply(self, event, replaying=False):
             applied.append(event.modifiedIndex)
             return defer.succeed(Outcome.APPLIED)
 
-    c.window, c.applier, c.index, c.persisted_index = Window(), Applier(), 4, 4
-    c.options.persist_events = 1
+    c = ReplicationController(Source, Replica(), Checkpoint(), KeyMapper("/a", "/b"), status,
+                              Metrics(CollectorRegistry(), status, "u", "/b"), Clock(),
+                              Options(batch=BatchSettings(persist_events=1)))
+    c.index = c.checkpoint.persisted_index = 4
     c._replicate()
     assert applied == [5, 6]
     assert ("/__replication/b", "6") in puts

@@ -101,10 +101,10 @@ def test_ready_after_the_checks_and_watchdog_while_the_loop_moves():
     clock.advance(1)
     assert notifier.sent[-1].split("\n")[1:] == ["WATCHDOG=1"]
     status.checks_passed = True                        # safe to replicate: ready
-    status.state = st.RELOADING                        # however long the reload takes
+    status.state = st.State.RELOADING                        # however long the reload takes
     clock.advance(1)
     assert notifier.sent[-1].split("\n")[1:] == ["READY=1", "WATCHDOG=1"]
-    status.state = st.REPLICATING
+    status.state = st.State.REPLICATING
     # Stale (no fresh-as-of for minutes) but moving: alive.
     for _ in range(100):
         status.loop_heartbeat = clock.seconds()
@@ -118,7 +118,7 @@ def test_ready_after_the_checks_and_watchdog_while_the_loop_moves():
     status.loop_heartbeat = clock.seconds()
     clock.advance(1)
     assert "WATCHDOG=1" in notifier.sent[-1]
-    status.state = st.FAILED
+    status.state = st.State.FAILED
     clock.advance(1)
     assert "WATCHDOG=1" not in notifier.sent[-1]
     assert summary(status).startswith("failed: replica index 0")
@@ -129,6 +129,6 @@ def test_no_ready_when_the_checks_fail():
     status = st.MirrorStatus("s", "d", "/a", "/b", "/__replication/b", clock=clock.seconds)
     notifier = Recorder()
     SystemdReporter(notifier, status, clock).start()
-    status.state = st.FAILED
+    status.state = st.State.FAILED
     clock.advance(5)
     assert not any("READY=1" in message for message in notifier.sent)

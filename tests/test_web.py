@@ -36,9 +36,9 @@ def test_lag_is_source_minus_replica():
 def test_healthz_follows_state():
     status, _, root = make()
     assert render(root, "healthz")[0] == 503
-    status.state = st.REPLICATING
+    status.state = st.State.REPLICATING
     assert render(root, "healthz") == (200, b"ok\n")
-    status.state = st.RETRYING
+    status.state = st.State.RETRYING
     assert render(root, "healthz") == (503, b"retrying\n")
 
 
@@ -79,7 +79,7 @@ def test_nothing_changes_state_over_http():
 
 def test_healthz_is_503_when_the_replica_is_stale():
     status, _, root = make()
-    status.state = st.REPLICATING
+    status.state = st.State.REPLICATING
     status.max_replica_age = 10
     status.clock = lambda: 1000.0
     assert render(root, "healthz")[0] == 503          # age unknown
