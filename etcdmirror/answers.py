@@ -26,6 +26,8 @@ from typing import Any, Dict, Optional, Union
 import etcd
 from twisted.python.failure import Failure
 
+from etcdmirror.events import Event
+
 #: errorCodes that mean "try again", not "you asked for something wrong".
 TRANSIENT_ERROR_CODES = {300, 301, 400}
 
@@ -57,50 +59,6 @@ def is_transient(failure: Union[Failure, BaseException]) -> bool:
 
 
 @dataclass(frozen=True)
-class Node:
-    """A node as an answer carries it, under etcd's own field names.
-
-    ``key`` and ``modifiedIndex`` are None only for the root directory in a
-    read: etcd leaves them out there, and gives every other node both (the
-    parser insists on the key only).
-    """
-
-    key: Optional[str]
-    value: Optional[str]
-    dir: bool
-    ttl: Optional[int]
-    expiration: Optional[str]
-    modifiedIndex: Optional[int]
-
-
-@dataclass(frozen=True)
-class Event(Node):
-    """What an answer says happened: ``action`` on the node, which was ``prevNode`` before.
-
-    For a watch, the source's event; for a write, what the write did.
-    ``prevNode`` is None when the node did not exist before (or etcd did not
-    say).
-    """
-
-    action: str
-    prevNode: Optional[Node]
-
-    @classmethod
-    def from_payload(cls, payload: Dict[str, Any]) -> "Event":
-        """The event in a decoded answer (``action``, ``node``, optional ``prevNode``)."""
-        node, prev = payload["node"], payload.get("prevNode")
-        prev_node = Node(prev.get("key"), prev.get("value"), bool(prev.get("dir")),
-                         prev.get("ttl"), prev.get("expiration"),
-                         prev.get("modifiedIndex")) if prev else None
-        return cls(node.get("key"), node.get("value"),
-                   # Read as python-etcd reads it (its issue 38: a write's
-                   # answer may leave "dir" out): a directory stays one.
-                   bool(node.get("dir")) or (prev_node is not None and prev_node.dir),
-                   node.get("ttl"), node.get("expiration"), node.get("modifiedIndex"),
-                   payload["action"], prev_node)
-
-
-@dataclass(frozen=True)
 class Answer:
     """A successful etcd answer: what it says happened and the indexes from the headers.
 
@@ -128,14 +86,6 @@ class Answer:
             action=payload["action"], node=payload["node"], prevNode=payload.get("prevNode"))
         result.etcd_index = self.etcd_index
         return result
-
-
-@dataclass
-class WatchProgress:
-    """A watch that stayed pending: nothing under the key in ``[waitIndex, etcd_index]``."""
-
-    etcd_index: int
-    cluster_id: Optional[str]
 
 
 @dataclass

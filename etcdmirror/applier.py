@@ -13,29 +13,18 @@ applied before and that is fine (:attr:`Outcome.REPLAYED`).  Anything else is
 """
 
 import logging
-from enum import Enum
 from typing import Any, Optional
 
 import etcd
 from twisted.internet import defer
 
-from etcdmirror.answers import Event
+from etcdmirror.events import (
+    ACTIONS, DELETE_ACTIONS, ApplyError, Divergence, Event, ExpiredEarly, Outcome,
+    UnknownAction, describe)
 from etcdmirror.client import EtcdClient
 from etcdmirror.keys import KeyMapper
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(Enum):
-    """What applying an event did; the value is its ``outcome`` metric label."""
-
-    APPLIED = "applied"
-    #: The destination already held what the event leaves behind.
-    REPLAYED = "replayed"
-    #: The key matches the ignore regex: nothing was written.
-    IGNORED = "ignored"
-    #: The destination's copy had run out on its TTL; the event wrote it again.
-    TTL_REWRITE = "ttl_rewrite"
 
 
 #: Seconds added to every TTL written on the replica.  The replica's copy then
@@ -43,43 +32,6 @@ class Outcome(Enum):
 #: keeper (:mod:`etcdmirror.ttlkeeper`) can look at the source once more after
 #: the source copy's own expiry before the replica's runs out.
 TTL_GRACE = 1
-
-WRITE_ACTIONS = ("set", "create", "update", "compareAndSwap")
-DELETE_ACTIONS = ("delete", "compareAndDelete", "expire")
-ACTIONS = WRITE_ACTIONS + DELETE_ACTIONS
-
-
-class ApplyError(Exception):
-    """An event that cannot be applied; the mirror must stop or resync."""
-
-    def __init__(self, message: str, event: Optional[Event] = None) -> None:
-        super().__init__(message)
-        self.event = event
-
-
-class UnknownAction(ApplyError):
-    """The source sent an action this mirror does not know how to replay."""
-
-
-class Divergence(ApplyError):
-    """The destination holds something the source never had at this point."""
-
-
-class ExpiredEarly(ApplyError):
-    """A directory with a TTL expired on the destination before the source renewed it.
-
-    Destination TTLs count from when the mirror applied the node; a mirror
-    that was down or behind for longer than the TTL sees its copy expire
-    while the source's lives on.  The directory's children went with it, so
-    only a resync brings the destination back.
-    """
-
-
-def describe(event: Event) -> str:
-    """One line naming the event, for logs and errors."""
-    kind = "dir" if event.dir else "key"
-    return f"{event.action} of {kind} {event.key!r} at index {event.modifiedIndex}"
-
 
 def _had_ttl(event: Event) -> bool:
     """The node the event replaced carried a TTL (prevNode has ttl/expiration)."""

@@ -28,10 +28,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
-from etcdmirror.answers import (
-    Answer, BadResponse, StreamEnd, WatchProgress, is_transient, parse_answer)
+from etcdmirror.answers import Answer, BadResponse, StreamEnd, is_transient, parse_answer
 from etcdmirror.bodies import Aborted, Collector, EventLines
 from etcdmirror.endpoints import Cluster, Endpoint
+from etcdmirror.events import WatchProgress
 from etcdmirror.transport import Transport
 from etcdmirror.watches import EventStream, PendingWatch, Registration
 

@@ -26,12 +26,11 @@ from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror import guards
 from etcdmirror import status as st
-from etcdmirror.answers import Event, WatchProgress
-from etcdmirror.applier import (
-    ApplyError, Divergence, ExpiredEarly, Outcome, describe)
 from etcdmirror.backoff import Backoff
 from etcdmirror.checkpoint import BatchSettings, Checkpointer
 from etcdmirror.errors import EXIT_CRASH, EXIT_OK, EXIT_OPERATOR, MirrorFatal
+from etcdmirror.events import (
+    ApplyError, Divergence, Event, ExpiredEarly, Outcome, WatchProgress, describe)
 from etcdmirror.freshness import parse_heartbeat
 from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper
@@ -84,12 +83,15 @@ class ReplicationController:
         metrics: Metrics,
         clock: IReactorTime,
         options: Optional[Options] = None,
+        *,
+        transient: Callable[[Any], bool],
         backoff_factory: Callable[[], Backoff] = Backoff,
         make_keeper: Callable[..., Any] = NoKeeper,
     ) -> None:
         """``make_source(on_source_index=, on_registered=)`` builds the source reader
-        with the controller's hooks; ``make_keeper(gate=, applied_index=,
-        on_dir_expired=)`` the TTL keeper (:mod:`etcdmirror.ttlkeeper`)."""
+        with the controller's hooks; ``transient(error)`` says which of the roles'
+        errors are worth retrying; ``make_keeper(gate=, applied_index=,
+        on_dir_expired=)`` builds the TTL keeper (:mod:`etcdmirror.ttlkeeper`)."""
         self.replica = replica
         self.mapper = mapper
         self.status = status
@@ -98,7 +100,7 @@ class ReplicationController:
         self.options = options or Options()
         #: ``self._retrying(what, side, operation)``: see :mod:`etcdmirror.retry`.
         self._retrying = Retrier(clock, status, metrics, backoff_factory,
-                                 self._check_running, self._interruptibly)
+                                 self._check_running, self._interruptibly, transient)
         self.source = make_source(on_source_index=status.saw_source_index,
                                   on_registered=self._source_registered_a_watch)
         status.watch_info = self.source.describe

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.error import CannotListenError
 
 from etcdmirror import __version__
+from etcdmirror.answers import is_transient
 from etcdmirror.client import EtcdClient
 from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.endpoints import Cluster
@@ -84,7 +85,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     controller = ReplicationController(
         partial(V2SourceReader, source, mapper.src_prefix, reactor, daemon.watch),
         V2ReplicaWriter(destination, mapper), IndexStore(destination, mapper),
-        mapper, status, metrics, reactor, options,
+        mapper, status, metrics, reactor, options, transient=is_transient,
         make_keeper=partial(TtlKeeper, source, destination, mapper, reactor, metrics=metrics))
     try:
         listening = reactor.listenTCP(port, make_site(status, registry),

@@ -20,7 +20,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from etcdmirror.applier import ACTIONS, Outcome
+from etcdmirror.events import ACTIONS, Outcome
 from etcdmirror.status import MirrorStatus, State
 
 NAMESPACE = "etcdmirror"

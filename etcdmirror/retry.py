@@ -1,8 +1,9 @@
 """Retry a request that failed for a transient reason, resuming at the same request.
 
 Transient faults (connection refused or reset, timeouts, 5xx, leader
-elections, an etcd restart on either side: :func:`~etcdmirror.answers.is_transient`)
-are retried with capped, jittered backoff, for as long as they last; anything
+elections, an etcd restart on either side: for etcd v2,
+:func:`~etcdmirror.answers.is_transient`, passed in by the daemon) are
+retried with capped, jittered backoff, for as long as they last; anything
 else propagates at once.  While retrying, the mirror's state is ``retrying``
 and ``/status`` shows the last error; each retry is counted by side.  One
 retrier serves the replication loop and every request of a resync, so a
@@ -10,13 +11,12 @@ transient error costs one request again, never a whole resync.
 """
 
 import logging
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror import status as st
-from etcdmirror.answers import is_transient
 from etcdmirror.backoff import Backoff
 from etcdmirror.metrics import Metrics
 
@@ -38,8 +38,10 @@ class Retrier:
 
     def __init__(self, clock: IReactorTime, status: st.MirrorStatus, metrics: Metrics,
                  backoff_factory: Callable[[], Backoff], check_running: Callable[[], None],
-                 interruptibly: Callable[[defer.Deferred], defer.Deferred]) -> None:
+                 interruptibly: Callable[[defer.Deferred], defer.Deferred],
+                 transient: Callable[[Any], bool]) -> None:
         self.clock = clock
+        self.transient = transient
         self.status = status
         self.metrics = metrics
         self.backoff_factory = backoff_factory
@@ -58,7 +60,7 @@ class Retrier:
                 result = yield self.interruptibly(operation())
             except Exception as e:
                 status.loop_heartbeat = self.clock.seconds()
-                if not is_transient(e):
+                if not self.transient(e):
                     raise
                 self.check_running()
                 delay = backoff.next_delay()

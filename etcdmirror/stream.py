@@ -33,8 +33,9 @@ from typing import Callable, Optional, Tuple
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from etcdmirror.answers import Answer, EtcdTimeout, EtcdUnavailable, StreamEnd, WatchProgress
+from etcdmirror.answers import Answer, EtcdTimeout, EtcdUnavailable, StreamEnd
 from etcdmirror.client import EtcdClient
+from etcdmirror.events import WatchProgress
 from etcdmirror.watches import EventStream
 
 log = logging.getLogger(__name__)

@@ -67,9 +67,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from etcdmirror.answers import Event
-from etcdmirror.applier import DELETE_ACTIONS, Outcome, replica_ttl
+from etcdmirror.applier import replica_ttl
 from etcdmirror.client import EtcdClient
+from etcdmirror.events import DELETE_ACTIONS, Event, Outcome
 from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper, is_under
 from etcdmirror.metrics import Metrics

@@ -36,8 +36,9 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from etcdmirror.answers import Answer, WatchProgress
+from etcdmirror.answers import Answer
 from etcdmirror.client import EtcdClient
+from etcdmirror.events import WatchProgress
 from etcdmirror.periodic import Periodic
 from etcdmirror.stream import StreamFollower
 from etcdmirror.watches import PendingWatch

@@ -11,11 +11,12 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from etcdmirror import status as st
-from etcdmirror.answers import EtcdUnavailable, Event
-from etcdmirror.applier import EventApplier, Outcome, UnknownAction
+from etcdmirror.answers import EtcdUnavailable, is_transient
+from etcdmirror.applier import EventApplier
 from etcdmirror.backoff import Backoff
 from etcdmirror.checkpoint import BatchSettings
 from etcdmirror.controller import Options, ReplicationController, _Stopping
+from etcdmirror.events import Event, Outcome, UnknownAction
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 
@@ -66,7 +67,7 @@ def make(clock, checkpoint=None, replica=None, **batch):
     return ReplicationController(
         QuietSource, replica, checkpoint or RecordingCheckpoint(),
         mapper=KeyMapper("/a", "/b"), status=status, metrics=metrics, clock=clock,
-        options=Options(batch=BatchSettings(**batch)),
+        options=Options(batch=BatchSettings(**batch)), transient=is_transient,
         backoff_factory=lambda: Backoff(base=1.0, cap=8.0, rng=lambda: 1.0))
 
 

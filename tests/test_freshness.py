@@ -10,7 +10,7 @@ import time
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from etcdmirror.answers import WatchProgress
+from etcdmirror.events import WatchProgress
 from etcdmirror.freshness import FreshAsOf, FreshnessTracker, Heartbeat
 from tests.helpers import run_command, wait_for
 

@@ -7,11 +7,11 @@ from twisted.internet.task import Clock
 
 from etcdmirror import guards
 from etcdmirror import status as st
-from etcdmirror.answers import Answer
-from etcdmirror.applier import Outcome
+from etcdmirror.answers import Answer, is_transient
 from etcdmirror.checkpoint import BatchSettings
 from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.errors import MirrorFatal
+from etcdmirror.events import Outcome
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 from tests.helpers import wait_for
@@ -142,7 +142,8 @@ def test_an_event_at_or_below_the_applied_index_is_never_applied():
 
     c = ReplicationController(Source, Replica(), Checkpoint(), KeyMapper("/a", "/b"), status,
                               Metrics(CollectorRegistry(), status, "u", "/b"), Clock(),
-                              Options(batch=BatchSettings(persist_events=1)))
+                              Options(batch=BatchSettings(persist_events=1)),
+                              transient=is_transient)
     c.index = c.checkpoint.persisted_index = 4
     c._replicate()
     assert applied == [5, 6]

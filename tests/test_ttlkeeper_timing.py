@@ -17,7 +17,8 @@ from twisted.internet.task import Clock
 
 from etcdmirror import status as st
 from etcdmirror.answers import Answer, EtcdUnavailable
-from etcdmirror.applier import TTL_GRACE, Outcome
+from etcdmirror.applier import TTL_GRACE
+from etcdmirror.events import Outcome
 from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics

@@ -8,8 +8,8 @@ ordering, window and timers are exercised.
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from etcdmirror.answers import (
-    Answer, EtcdTimeout, EtcdUnavailable, StreamEnd, WatchProgress)
+from etcdmirror.answers import Answer, EtcdTimeout, EtcdUnavailable, StreamEnd
+from etcdmirror.events import WatchProgress
 from etcdmirror.watcher import WatchWindow
 from etcdmirror.watches import EventStream, PendingWatch, Registration
 

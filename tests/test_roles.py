@@ -1,0 +1,225 @@
+"""The seam: the controller, resync and verify work against any implementation of
+the three roles (:mod:`etcdmirror.roles`), and import no etcd v2 module.
+
+Here the roles are small in-memory stand-ins, driven on a fake clock: what is
+checked is the controller's own contract with the roles (order, checkpoint,
+resync through snapshots), not etcd's behaviour, which the v2 implementations
+are tested for against real servers everywhere else.
+"""
+
+import ast
+import pathlib
+
+import etcd
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from etcdmirror import status as st
+from etcdmirror.controller import Options, ReplicationController
+from etcdmirror.events import Event, Outcome, WatchProgress
+from etcdmirror.keys import KeyMapper
+from etcdmirror.metrics import Metrics
+from etcdmirror.resync import NodeState, Snapshot
+from etcdmirror.verify import verify_once
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "etcdmirror"
+
+#: Modules that speak only in roles, and the v2 modules they must not import.
+ROLE_USERS = ("controller", "checkpoint", "resync", "guards", "roles", "events", "retry",
+              "gate")
+V2_MODULES = {"client", "answers", "transport", "bodies", "watches", "watcher", "stream",
+              "applier", "indexstore", "v2source", "v2replica", "ttlkeeper"}
+
+
+def event(action, key, index, value=None):
+    return Event(key, value, False, None, None, index, action, None)
+
+
+class Delivery:
+    """What a source reader hands out for one event."""
+
+    def __init__(self, e, etcd_index):
+        self.event, self.etcd_index, self.cluster_id = e, etcd_index, "memory-source"
+
+
+class MemorySource:
+    """A source prefix as a tree, a history of events, and a history floor."""
+
+    display = "memory://source"
+    connections_needed = 1
+
+    def __init__(self, **hooks):
+        self.tree, self.history, self.index, self.floor = {}, [], 0, 0
+        self.next_index = None
+        self.waiting = None
+
+    def write(self, key, value):
+        """A write on the source: a watcher waiting for it gets the event."""
+        self.index += 1
+        self.tree[key] = NodeState(False, value)
+        self.history.append(event("set", key, self.index, value))
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            self.next().chainDeferred(waiting)
+
+    def position(self):
+        return defer.succeed(WatchProgress(self.index, "memory-source"))
+
+    def snapshot(self):
+        return defer.succeed(Snapshot(dict(self.tree), self.index, "memory-source"))
+
+    def follow(self, index):
+        self.next_index = index
+
+    def close(self):
+        pass
+
+    def describe(self):
+        return {}
+
+    def next(self):
+        if self.next_index <= self.floor:
+            return defer.fail(etcd.EtcdEventIndexCleared("index cleared", payload={}))
+        for e in self.history:
+            if e.modifiedIndex >= self.next_index:
+                self.next_index = e.modifiedIndex + 1
+                return defer.succeed(Delivery(e, self.index))
+        self.waiting = defer.Deferred()
+        return self.waiting
+
+
+class MemoryReplica:
+    display = "memory://replica"
+
+    def __init__(self, mapper):
+        self.mapper, self.tree, self.applied = mapper, {}, []
+
+    def position(self):
+        return defer.succeed(WatchProgress(0, "memory-replica"))
+
+    def apply(self, e, replaying=False):
+        self.applied.append(e.modifiedIndex)
+        self.tree[self.mapper.to_dst(e.key)] = NodeState(False, e.value)
+        return defer.succeed(Outcome.APPLIED)
+
+    def snapshot(self):
+        return defer.succeed(Snapshot(dict(self.tree), 0, "memory-replica"))
+
+    def write_plan(self, plan, retry, log_writes=True):
+        for key, node, _ in plan.writes:
+            self.tree[key] = node
+        for key, _ in plan.deletes:
+            del self.tree[key]
+        return defer.succeed(None)
+
+
+class MemoryCheckpoint:
+    key = "memory-index"
+
+    def __init__(self, index=None):
+        self.index, self.horizon, self.source_id, self.marker = index, None, None, None
+        self.marks = []
+
+    def read_index(self):
+        return defer.succeed(self.index)
+
+    def write_index(self, index):
+        self.index = index
+        return defer.succeed(None)
+
+    def read_horizon(self):
+        return defer.succeed(self.horizon)
+
+    def write_horizon(self, index):
+        self.horizon = index
+        return defer.succeed(None)
+
+    def read_source_id(self):
+        return defer.succeed(self.source_id)
+
+    def write_source_id(self, cluster_id):
+        self.source_id = cluster_id
+        return defer.succeed(None)
+
+    def read_resync_marker(self):
+        return defer.succeed(self.marker)
+
+    def mark_resync(self, reason):
+        self.marker = reason
+        self.marks.append(reason)
+        return defer.succeed(None)
+
+    def clear_resync_marker(self):
+        self.marker = None
+        return defer.succeed(None)
+
+
+def mirror(checkpoint, **options):
+    clock, mapper = Clock(), KeyMapper("/a", "/b")
+    status = st.MirrorStatus("memory://source", "memory://replica", "/a", "/b", "memory-index")
+    sources, replica = [], MemoryReplica(mapper)
+
+    def make_source(**hooks):
+        sources.append(MemorySource(**hooks))
+        return sources[-1]
+
+    c = ReplicationController(make_source, replica, checkpoint, mapper, status,
+                              Metrics(CollectorRegistry(), status, "memory", "/b"), clock,
+                              Options(**options), transient=lambda error: False)
+    return c, sources[0], replica, clock
+
+
+def test_events_are_applied_in_order_and_checkpointed():
+    checkpoint = MemoryCheckpoint(index=0)
+    c, source, replica, clock = mirror(checkpoint)
+    for i in range(3):
+        source.write(f"/a/k{i}", str(i))
+    done = c.run()
+    assert replica.applied == [1, 2, 3] and c.index == 3
+    assert c.status.state is st.State.REPLICATING and checkpoint.index == 0
+    clock.advance(1)                                   # the batch is written
+    assert checkpoint.index == 3 and checkpoint.source_id == "memory-source"
+    source.write("/a/k0", "again")
+    assert replica.applied == [1, 2, 3, 4]
+    assert replica.tree["/b/a/k0"] == NodeState(False, "again")
+    c.stop()
+    results = []
+    done.addCallback(results.append)
+    assert results == [0] and checkpoint.index == 4
+
+
+def test_a_cleared_index_resyncs_through_the_snapshots():
+    checkpoint = MemoryCheckpoint(index=1)
+    c, source, replica, clock = mirror(checkpoint)
+    for i in range(5):
+        source.write(f"/a/k{i}", str(i))
+    source.floor = 3                                   # history before 4 is gone
+    replica.tree["/b/a/stale"] = NodeState(False, "not on the source")
+    c.run()
+    assert checkpoint.marks == ["index_cleared"] and checkpoint.marker is None
+    assert replica.tree == {f"/b/a/k{i}": NodeState(False, str(i)) for i in range(5)}
+    assert c.index == 5 and checkpoint.index == 5
+    c.stop()
+
+
+def test_verify_compares_the_two_snapshots():
+    mapper = KeyMapper("/a", "/b")
+    source, replica = MemorySource(), MemoryReplica(mapper)
+    source.write("/a/x", "1")
+    replica.tree["/b/a/x"] = NodeState(False, "2")
+    found = []
+    verify_once(source, replica, mapper).addCallback(found.extend)
+    assert [(d.key, d.kind) for d in found] == [("/b/a/x", "value")]
+
+
+def test_role_users_import_no_etcd_v2_module():
+    for name in ROLE_USERS:
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("etcdmirror."):
+                imported.add(node.module.split(".", 1)[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "etcdmirror":
+                imported.update(alias.name for alias in node.names)
+        assert not imported & V2_MODULES, (name, imported & V2_MODULES)
