@@ -16,29 +16,15 @@ expiration moved past the replica's, it refreshes the replica's copy the way
 the source was refreshed (``refresh=true``, ``prevExist=true``, the remaining
 TTL plus :data:`~etcdmirror.applier.TTL_GRACE`): no event, value untouched.
 
-When the checks fall
---------------------
-* ``lead`` seconds (1 s, or twice the last round's duration if longer)
-  before the replica's copy runs out.  A client that renews its key more
-  often than its TTL is caught here, every time.
-* If the source had not moved, ``final_lead`` (0.4 s) before.  Every
-  replica copy is written with ``TTL_GRACE`` (1 s) more than the source's
-  remaining TTL, so this check falls after the source's own expiry: a renewal
-  made at the very last moment is seen too.  If the source copy expired, its
-  ``expire`` event removes the replica's.
-* A renewal that still slips through (the source answered slowly, etcd
-  removed the expired key late) is caught ``late`` (1 s) after the replica
-  copy ran out: the keeper writes the key again with the value it had at the
-  replica's index, counts it in ``etcdmirror_ttl_expired_late_total`` and
-  logs a warning.  A TTL'd *directory* that ran out on the replica took its
-  children with it, so the keeper asks the controller for a resync
-  (``reason="ttl_expired"``) instead.
+When the checks fall is :mod:`etcdmirror.ttlplan`'s business: shortly before
+the replica's copy runs out, once more just after the source's own expiry,
+and once after the replica's copy ran out, for a renewal that slipped through.
 
 Cost
 ----
 Nothing for a prefix without TTL'd nodes, past one source read at start.
 Otherwise one quorum read and at most one write per tracked node and TTL
-period.  When a round has :data:`GROUP_READS` or more due nodes in one
+period.  When a round has :data:`~etcdmirror.ttlplan.GROUP_READS` or more due nodes in one
 directory, it reads that directory once instead of each node (a plain,
 non-recursive GET): that read carries the whole directory listing, so its
 cost grows with the size of directories that hold many TTL'd keys.
@@ -58,8 +44,6 @@ TTL that a pending event is about to give it.)
 import heapq
 import itertools
 import logging
-import posixpath
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import etcd
@@ -74,76 +58,19 @@ from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper, is_under
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import TTL_TOLERANCE, NodeState
+from etcdmirror.ttlplan import (
+    BATCH_AHEAD, LATE, LEAD, MAX_BATCH, MAX_LEAD, Tracked, next_check, plan_reads)
 from etcdmirror.v2source import read_snapshot
 
 log = logging.getLogger(__name__)
 
-#: Seconds before a replica copy runs out that the source is read first ...
-LEAD = 1.0
-#: (LEAD grows to twice the last round's duration, up to this.)
-MAX_LEAD = 30.0
-#: ... and a last time, if the source had not moved.
-FINAL_LEAD = 0.4
-#: Seconds after a replica copy ran out to look for a renewal that slipped through.
-LATE = 1.0
 #: A replica copy found gone is written again only if the source's lives on
 #: for at least this many seconds (as etcd rounds them up).
 MIN_REWRITE_TTL = 2
-#: Due checks this close together are done in one round.
-BATCH_AHEAD = 0.25
-#: At most this many nodes are checked in one round.
-MAX_BATCH = 1000
-#: This many due nodes in one directory are read with one GET of the directory.
-GROUP_READS = 8
 #: Reads, and writes, in flight at once.
 CONCURRENCY = 8
 #: After a failed read or write, check the node again this much later.
 RETRY_DELAY = 1.0
-
-
-@dataclass(eq=False)
-class Tracked:
-    """One TTL'd source node and what is known of its replica copy."""
-
-    key: str
-    dir: bool
-    #: The value at the replica's index (None for a directory).
-    value: Optional[str]
-    #: Lower bound of when the replica's copy runs out (local clock); None:
-    #: not known, check at once.
-    replica_expires: Optional[float]
-    #: Not written again (if gone) before the mirror has applied this source index.
-    not_before: int = 0
-    #: When the source is read next for this node.
-    due: float = 0.0
-
-
-def next_check(now: float, replica_expires: float, lead: float = LEAD,
-               final_lead: float = FINAL_LEAD, late: float = LATE) -> float:
-    """When to read the source next for a replica copy running out at ``replica_expires``."""
-    for before in (lead, final_lead):
-        if replica_expires - before > now:
-            return replica_expires - before
-    return max(now, replica_expires) + late
-
-
-def plan_reads(keys: List[str], prefix: str,
-               group: int = GROUP_READS) -> List[Tuple[str, List[str]]]:
-    """Which source keys to GET for ``keys``: ``(key to read, keys it answers)``.
-
-    Keys sharing a parent directory under ``prefix`` are read through that
-    directory when there are at least ``group`` of them.
-    """
-    by_parent: Dict[str, List[str]] = {}
-    for key in keys:
-        by_parent.setdefault(posixpath.dirname(key), []).append(key)
-    reads: List[Tuple[str, List[str]]] = []
-    for parent, children in by_parent.items():
-        if len(children) >= group and is_under(parent, prefix):
-            reads.append((parent, children))
-        else:
-            reads.extend((key, [key]) for key in children)
-    return reads
 
 
 class TtlKeeper:
@@ -396,7 +323,8 @@ class TtlKeeper:
         return answers
 
     def _failed(self, failure: Any, what: str) -> None:
-        """Log a failed request once per streak of failures; the node is checked again."""
+        """Log a failed request once per streak of failures (a full round of reads or a
+        refresh that succeeds ends it); the node is checked again."""
         self.metrics.errors.labels(kind=type(failure.value).__name__).inc()
         if not self._failing:
             log.warning("TTL keeper: %s failed (index %d): %s; trying again in %gs",
@@ -424,6 +352,7 @@ class TtlKeeper:
                                            prev_exist=True)
                 self.refreshes += 1
                 self.metrics.ttl_refreshes.inc()
+                self._failing = False
             except etcd.EtcdKeyNotFound:
                 if not self._current(entry):
                     return
@@ -462,15 +391,14 @@ class TtlKeeper:
             if entry.key in self._dirs_reported:
                 return False
             self._dirs_reported.add(entry.key)
-            self.expired_late += 1
-            self.metrics.ttl_expired_late.inc()
+        self.expired_late += 1
+        self.metrics.ttl_expired_late.inc()
+        if entry.dir:
             log.warning("TTL keeper: the replica's copy of directory %r ran out while the "
                         "source's lives on (replica index %d); its children went with it, "
                         "resynchronising", key, index)
             self.on_dir_expired(entry.key)
             return False
-        self.expired_late += 1
-        self.metrics.ttl_expired_late.inc()
         log.warning("TTL keeper: the replica's copy of %r ran out while the source's lives "
                     "on (replica index %d); writing it again with ttl %d", key, index, ttl)
         try:

@@ -23,7 +23,8 @@ from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import NodeState
-from etcdmirror.ttlkeeper import FINAL_LEAD, LEAD, TtlKeeper, next_check, plan_reads
+from etcdmirror.ttlkeeper import TtlKeeper
+from etcdmirror.ttlplan import FINAL_LEAD, LEAD, next_check, plan_reads
 
 
 class Side:
