@@ -112,7 +112,10 @@ class Checkpointer:
 
     @defer.inlineCallbacks
     def progress(self, index: int):
-        """Nothing under the prefix up to the applied ``index``: write it when due."""
+        """Nothing under the prefix up to the applied ``index``: write it when due.
+
+        Fires with None, once written if it was due now.
+        """
         if self.persisted_index is None or index <= self.persisted_index:
             return
         wait = (self._last_persist + self.settings.progress_persist_interval
@@ -137,7 +140,7 @@ class Checkpointer:
 
     @defer.inlineCallbacks
     def close(self):
-        """On the way out: write the applied index if it moved, never raise."""
+        """On the way out: write the applied index if it moved; fires with None, never fails."""
         self._cancel_timer()
         if self._persisting is not None:
             yield self._persisting

@@ -77,6 +77,7 @@ class EtcdClient:
         return self.transport.url_for(key)
 
     def close(self) -> defer.Deferred:
+        """Close the idle connections; fires once they are closed."""
         return self.transport.close()
 
     # -- requests -----------------------------------------------------------
@@ -177,7 +178,7 @@ class EtcdClient:
 
     @defer.inlineCallbacks
     def get_or_none(self, key: str):
-        """The node at ``key`` (an :class:`etcd.EtcdResult`), or None when it does not exist."""
+        """Fires with the node at ``key`` (an :class:`etcd.EtcdResult`), or None when it does not exist."""
         try:
             answer = yield self.get(key)
         except etcd.EtcdKeyNotFound:

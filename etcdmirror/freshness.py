@@ -84,6 +84,7 @@ class Heartbeat:
 
     @defer.inlineCallbacks
     def beat(self):
+        """Write the heartbeat once; fires with None, never fails (the next beat retries)."""
         try:
             yield self.source.put(self.key, f"{self.wall():.3f}")
         except Exception as e:  # the next beat tries again; the age tells the rest
@@ -127,6 +128,7 @@ class FreshnessTracker:
 
     @defer.inlineCallbacks
     def check(self):
+        """One round (see the class docstring); fires with None, never fails."""
         try:
             self._promote()
             asked = self.wall()
@@ -161,8 +163,9 @@ def check_freshness(reactor: Any, dst: Cluster, mapper: KeyMapper,
     """The body of ``etcd-mirror-freshness``: one status line, a Nagios exit status.
 
     Reads the freshness the mirror publishes (or the replica of its
-    heartbeat key) from the destination only.  Ends in :class:`SystemExit`
-    with 0 OK, 1 WARNING, 2 CRITICAL or 3 UNKNOWN.
+    heartbeat key) from the destination only.  The Deferred fails with
+    :class:`SystemExit` (``task.react`` exits with it): 0 OK, 1 WARNING,
+    2 CRITICAL or 3 UNKNOWN.
     """
     destination = EtcdClient(dst, reactor, name="destination", tls=dst_tls)
     store = IndexStore(destination, mapper)

@@ -75,6 +75,7 @@ class IndexStore:
             return None
 
     def write_horizon(self, index: int) -> defer.Deferred:
+        """Fires once the replay horizon is written."""
         return self.destination.put(self.horizon_key, str(index))
 
     def read_source_id(self) -> defer.Deferred:
@@ -82,6 +83,7 @@ class IndexStore:
         return self._read(self.source_id_key)
 
     def write_source_id(self, cluster_id: str) -> defer.Deferred:
+        """Fires once the source's cluster id is recorded."""
         return self.destination.put(self.source_id_key, cluster_id)
 
     def read_resync_marker(self) -> defer.Deferred:
@@ -89,9 +91,11 @@ class IndexStore:
         return self._read(self.resync_marker_key)
 
     def mark_resync(self, reason: str) -> defer.Deferred:
+        """Fires once the resync marker holds ``reason``."""
         return self.destination.put(self.resync_marker_key, reason)
 
     def clear_resync_marker(self) -> defer.Deferred:
+        """Fires with None once the marker is gone (also when it was not there)."""
         return self._delete(self.resync_marker_key)
 
     def read_fresh_as_of(self) -> defer.Deferred:
@@ -99,6 +103,7 @@ class IndexStore:
         return self._read(self.fresh_as_of_key)
 
     def write_fresh_as_of(self, value: str) -> defer.Deferred:
+        """Fires once the freshness is published."""
         return self.destination.put(self.fresh_as_of_key, value)
 
     @defer.inlineCallbacks

@@ -141,6 +141,7 @@ Retry = Callable[[str, str, Callable[[], defer.Deferred]], defer.Deferred]
 
 
 def no_retry(what: str, side: str, operation: Callable[[], defer.Deferred]) -> defer.Deferred:
+    """Run ``operation`` once; fires with its result."""
     return operation()
 
 

@@ -97,34 +97,35 @@ class Checkpoint(Protocol):
         """Fires with the recorded index; fails with MirrorFatal when there is none."""
 
     def write_index(self, index: int) -> defer.Deferred:
-        """Record that every event up to ``index`` is applied."""
+        """Record that every event up to ``index`` is applied; fires once written."""
 
     def read_horizon(self) -> defer.Deferred:
         """Fires with the replay horizon (no event above it was applied), or None."""
 
     def write_horizon(self, index: int) -> defer.Deferred:
-        """Record a replay horizon before applying events up to ``index``."""
+        """Record a replay horizon before applying events up to ``index``; fires once written."""
 
     def read_source_id(self) -> defer.Deferred:
         """Fires with the recorded source identity, or None."""
 
     def write_source_id(self, cluster_id: str) -> defer.Deferred:
-        """Record the source's identity."""
+        """Record the source's identity; fires once written."""
 
     def read_resync_marker(self) -> defer.Deferred:
         """Fires with the reason of a resync that did not finish, or None."""
 
     def mark_resync(self, reason: str) -> defer.Deferred:
-        """Record that a resync is writing (the replica may be ahead of its index)."""
+        """Record that a resync is writing (the replica may be ahead of its index);
+        fires once written."""
 
     def clear_resync_marker(self) -> defer.Deferred:
-        """The resync finished; the index is the snapshot's."""
+        """The resync finished, the index is the snapshot's; fires once recorded."""
 
     def read_fresh_as_of(self) -> defer.Deferred:
         """Fires with the recorded freshness text, or None."""
 
     def write_fresh_as_of(self, value: str) -> defer.Deferred:
-        """Record when the replica was last known identical to the source."""
+        """Record when the replica was last known identical to the source; fires once written."""
 
 
 
@@ -140,6 +141,7 @@ class NoKeeper:
         pass
 
     def load(self) -> defer.Deferred:
+        """Fires with 0: no TTL'd node is tracked."""
         return defer.succeed(0)
 
     def start(self) -> None:

@@ -65,6 +65,7 @@ class Transport:
         return self.endpoint.url + "/v2/keys" + quote(key, safe="/")
 
     def close(self) -> defer.Deferred:
+        """Close the pool's idle connections; fires once they are closed."""
         return self._pool.closeCachedConnections()
 
     def request(

@@ -45,7 +45,9 @@ class V2ReplicaWriter:
 
     @defer.inlineCallbacks
     def write_plan(self, plan: Plan, retry: Retry = no_retry, log_writes: bool = True):
-        """Carry out a plan: writes parents-first, then deletes.  Every step is idempotent.
+        """Carry out a plan: writes parents-first, then deletes; fires with None.
+
+        Every step is idempotent.
 
         Each key written (with ``log_writes``) and each key deleted is logged at
         INFO: a resync that deletes keys leaves a trail of which.

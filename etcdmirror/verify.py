@@ -141,8 +141,10 @@ def verify_command(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
                    echo_error: Callable[[str], None]) -> defer.Deferred:
     """The body of ``etcd-mirror-verify``: print every difference.
 
-    Ends in :class:`SystemExit` as ``diff`` does: 0 identical, 1 different,
-    2 the trees could not be compared.
+    Exits as ``diff`` does: the Deferred fires with None when the trees are
+    identical (exit 0), and fails with :class:`SystemExit` otherwise
+    (``task.react`` exits with it): 1 different, 2 the trees could not be
+    compared.
     """
     source = V2SourceReader(EtcdClient(src, reactor, name="source", tls=src_tls),
                             mapper.src_prefix, reactor)
