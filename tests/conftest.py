@@ -13,8 +13,9 @@ from typing import Dict, List, Set, Union
 
 import pytest
 
-from etcdmirror.localetcd import LocalEtcd, LocalEtcdCluster
+from etcdmirror.localetcd import LocalEtcd
 from tests.helpers import V2
+from tests.localcluster import LocalEtcdCluster
 
 
 def _etcd_descendants() -> Set[int]:

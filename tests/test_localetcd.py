@@ -13,8 +13,9 @@ import urllib.request
 import pytest
 
 from etcdmirror import localetcd
-from etcdmirror.localetcd import LocalEtcd, LocalEtcdCluster, free_port
+from etcdmirror.localetcd import LocalEtcd, free_port
 from tests.helpers import V2, wait_for
+from tests.localcluster import LocalEtcdCluster
 
 
 def _pid_gone(pid: int) -> bool:
@@ -145,7 +146,7 @@ def test_start_retries_when_a_chosen_port_was_taken(monkeypatch, etcd_factory):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        real, calls = localetcd._free_ports, []
+        real, calls = localetcd.free_ports, []
 
         def racy_free_ports(count):
             ports = real(count)
@@ -154,7 +155,7 @@ def test_start_retries_when_a_chosen_port_was_taken(monkeypatch, etcd_factory):
             calls.append(ports)
             return ports
 
-        monkeypatch.setattr(localetcd, "_free_ports", racy_free_ports)
+        monkeypatch.setattr(localetcd, "free_ports", racy_free_ports)
         etcd = etcd_factory()
         assert len(calls) == 2
         assert etcd.client_port == calls[1][0] != taken.getsockname()[1]
@@ -214,6 +215,43 @@ def test_cluster(etcd_factory):
     cluster.cleanup()
     assert all(_pid_gone(p) for p in pids)
     assert not any(os.path.exists(d) for d in data_dirs)
+
+
+def test_cluster_start_retries_with_new_members_when_a_port_was_taken(monkeypatch,
+                                                                    etcd_factory):
+    from tests import localcluster
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        real, calls = localcluster.free_ports, []
+
+        def racy_free_ports(count):
+            ports = real(count)
+            if not calls:
+                ports[2] = taken.getsockname()[1]  # the second member's client port
+            calls.append(ports)
+            return ports
+
+        monkeypatch.setattr(localcluster, "free_ports", racy_free_ports)
+        cluster = etcd_factory.cluster(2)
+        assert len(calls) == 2
+        assert [m.client_port for m in cluster.members] == [calls[1][0], calls[1][2]]
+        assert all(V2(u).get("/")[0] == 200 for u in cluster.urls)
+
+
+def test_given_ports_are_used_and_never_replaced(etcd_factory):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        client_port, peer_port = taken.getsockname()[1], free_port()
+        etcd = etcd_factory(start=False, client_port=client_port, peer_port=peer_port)
+        with pytest.raises(RuntimeError, match="address already in use"):
+            etcd.start(timeout=10)
+        assert (etcd.client_port, etcd.peer_port) == (client_port, peer_port)
+    etcd.start()
+    assert etcd.url == "http://127.0.0.1:%d" % client_port
+    assert V2(etcd.url).get("/")[0] == 200
 
 
 # -- the V2 helper ------------------------------------------------------------
