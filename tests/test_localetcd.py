@@ -7,12 +7,14 @@ restart, mangled keys), every mirror test built on them would be suspect.
 import json
 import os
 import socket
+import threading
 import urllib.error
 import urllib.request
 
 import pytest
 
 from etcdmirror import localetcd
+from etcdmirror.localclient import Timeout
 from etcdmirror.localetcd import LocalEtcd, free_port
 from tests.helpers import V2, wait_for
 from tests.localcluster import LocalEtcdCluster
@@ -321,6 +323,40 @@ def test_v2_operations(src):
     assert src.set("/e", dir=True)[0] == 201
     assert src.delete("/e", dir=True)[0] == 200
     assert set(src.tree("/")) == {"q", next(k for k in tree if k.startswith("q/"))}
+
+
+def test_v2_timeout_is_an_oserror_that_tells_a_watch_s_index(src):
+    src.set("/a", "1")
+    index = src.index()
+    with V2(src.url, timeout=0.3) as client:
+        with pytest.raises(Timeout) as err:
+            client.get("/w", wait=True, waitIndex=index + 1)
+        assert isinstance(err.value, OSError)
+        assert err.value.index == index  # from the headers etcd sent at once
+        assert client.get("/a")[1]["node"]["value"] == "1"  # a new connection
+
+
+def test_v2_shared_by_threads(src):
+    # Each thread has its own keep-alive connection: answers never mix.
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(30):
+                assert src.set("/t%d/k" % n, "%d-%d" % (n, i))[0] in (200, 201)
+                assert src.get("/t%d/k" % n)[1]["node"]["value"] == "%d-%d" % (n, i)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(src._connections) == 1 + 4  # the fixture's wipe() and the threads
+    src.close()
+    assert src.get("/t0/k")[0] == 200  # usable after close()
 
 
 def test_src_fixture_starts_from_empty_keyspace(src):
