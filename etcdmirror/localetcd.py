@@ -6,9 +6,14 @@ would get subtly wrong.  This module starts real ``etcd`` processes on the
 loopback interface, on ports chosen by the kernel, with a private data
 directory, and waits until they really serve v2 requests.
 
-Only the standard library is used, so the module works in any environment
-(including a bare ``python3`` for the demo) and does not pull Twisted into
-synchronous test code.
+A server can also be one member of a cluster: the constructor takes its ports,
+the initial cluster and the cluster token.  Starting several members as one
+cluster is the tests' job (``tests/localcluster.py``).
+
+Only the standard library is used and no other etcdmirror module is imported,
+so the module works in any environment (including a bare ``python3`` for the
+demo, or as a lone copy of this file next to an installed package) and does
+not pull Twisted into synchronous test code.
 
 Processes are controlled strictly by the pid of the process we started,
 never by name, so several instances (or other people's etcd servers) can run
@@ -24,10 +29,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from typing import Any, List, Optional, Sequence, Tuple
 
-__all__ = ["free_port", "LocalEtcd", "LocalEtcdCluster"]
+__all__ = ["free_port", "free_ports", "LocalEtcd", "wait_all_ready"]
 
 # How long a single readiness probe may take.  A starting etcd accepts TCP
 # connections on its client port before it serves them (the listener exists
@@ -50,10 +54,11 @@ def free_port() -> int:
     port before etcd binds it.  That race is accepted: the window is tiny and
     :meth:`LocalEtcd.start` retries with new ports when etcd fails to bind.
     """
-    return _free_ports(1)[0]
+    return free_ports(1)[0]
 
 
-def _free_ports(count: int) -> List[int]:
+def free_ports(count: int) -> List[int]:
+    """``count`` different ports that are free right now (see :func:`free_port`)."""
     # Hold all sockets open until every port is chosen, so the kernel
     # cannot hand out the same port twice within one call.
     socks = []
@@ -85,12 +90,13 @@ def _http_ok(url: str, timeout: float, context: Any = None) -> bool:
         return False
 
 
-def _wait_all(servers: "List[LocalEtcd]", timeout: float) -> None:
-    """Wait until every server answers v2 reads.
+def wait_all_ready(servers: "Sequence[LocalEtcd]", timeout: float) -> None:
+    """Wait until every server (started with :meth:`LocalEtcd.spawn`) answers v2 reads.
 
     All are polled together so that one member dying at startup (say, its
     port was taken) is reported at once instead of after the others have
-    waited out the deadline for a quorum that may never come.
+    waited out the deadline for a quorum that may never come.  Raises
+    RuntimeError, with the tail of the log, like :meth:`LocalEtcd.start`.
     """
     deadline = time.monotonic() + timeout
     pending = list(servers)
@@ -134,25 +140,41 @@ class LocalEtcd:
         tls: Optional[Tuple[str, str]] = None,
         client_ca: Optional[str] = None,
         probe_cert: Optional[Tuple[str, str]] = None,
+        client_port: Optional[int] = None,
+        peer_port: Optional[int] = None,
+        initial_cluster: Optional[str] = None,
+        cluster_token: Optional[str] = None,
     ) -> None:
         """``tls=(cert_file, key_file)`` serves clients over HTTPS; with
         ``client_ca`` clients must also present a certificate signed by it
-        (``probe_cert`` is then the one the readiness checks use)."""
+        (``probe_cert`` is then the one the readiness checks use).
+
+        A member of a bigger cluster is given its ``client_port`` and
+        ``peer_port`` (otherwise free ones are chosen at the first start),
+        the ``initial_cluster`` (``name=peer_url,...``, every member; by
+        default this server alone) and the ``cluster_token`` all members
+        share.  Ports given here are never replaced, not even when etcd
+        cannot bind them.
+        """
+        if (client_port is None) != (peer_port is None):
+            raise ValueError("give both client_port and peer_port, or neither")
         self.name = name
         self.binary = binary
         self.extra_args = list(extra_args)
         self.tls = tls
         self.client_ca = client_ca
         self.probe_cert = probe_cert
+        self.initial_cluster = initial_cluster
+        self.cluster_token = cluster_token
         self._data_dir = data_dir
         # Only a directory we created ourselves is ever deleted.
         self._own_data_dir = data_dir is None
-        self._client_port: Optional[int] = None
-        self._peer_port: Optional[int] = None
+        self._client_port = client_port
+        self._peer_port = peer_port
+        # Only ports we chose ourselves are chosen again (after a failed
+        # bind, or after cleanup()).
+        self._own_ports = client_port is None
         self._proc: Optional[subprocess.Popen] = None
-        # Set by LocalEtcdCluster; None means a single-member cluster.
-        self._initial_cluster: Optional[str] = None
-        self._cluster_token: Optional[str] = None
 
     # -- properties ---------------------------------------------------------
 
@@ -221,18 +243,18 @@ class LocalEtcd:
         """
         if self.running:
             return self
-        fresh_ports = self._client_port is None
+        fresh_ports = self._own_ports and self._client_port is None
         attempt = 0
         while True:
             attempt += 1
             if fresh_ports:
-                self._client_port, self._peer_port = _free_ports(2)
-            self._spawn()
+                self._client_port, self._peer_port = free_ports(2)
+            self.spawn()
             try:
                 self.wait_ready(timeout)
                 return self
             except RuntimeError:
-                bind_failed = self._bind_failed()
+                bind_failed = self.bind_failed()
                 self.stop()
                 # Ports we picked ourselves may have been stolen in the
                 # free_port() race; etcd fails before writing any data then,
@@ -240,7 +262,8 @@ class LocalEtcd:
                 if not (fresh_ports and bind_failed and attempt < _BIND_RETRIES):
                     raise
 
-    def _bind_failed(self) -> bool:
+    def bind_failed(self) -> bool:
+        """True if the process exited because a port was taken."""
         return (
             self._proc is not None
             and self._proc.poll() is not None
@@ -248,7 +271,7 @@ class LocalEtcd:
         )
 
     def _args(self) -> List[str]:
-        initial_cluster = self._initial_cluster or "%s=%s" % (self.name, self.peer_url)
+        initial_cluster = self.initial_cluster or "%s=%s" % (self.name, self.peer_url)
         args = [
             self.binary,
             "--name", self.name,
@@ -267,8 +290,8 @@ class LocalEtcd:
             "--log-level", "warn",
             "--log-outputs", "stderr",
         ]
-        if self._cluster_token is not None:
-            args += ["--initial-cluster-token", self._cluster_token]
+        if self.cluster_token is not None:
+            args += ["--initial-cluster-token", self.cluster_token]
         if self.tls:
             args += ["--cert-file", self.tls[0], "--key-file", self.tls[1]]
         if self.client_ca:
@@ -276,8 +299,13 @@ class LocalEtcd:
         # Last, so callers can override any of the above.
         return args + self.extra_args
 
-    def _spawn(self) -> None:
-        """Start the process without waiting (clusters start all members first)."""
+    def spawn(self) -> None:
+        """Start the process without waiting until it serves.
+
+        The members of a cluster are all spawned first, then waited for
+        together with :func:`wait_all_ready`: none is ready before a quorum
+        runs.  :meth:`start` is spawn, wait, and retry on stolen ports.
+        """
         if shutil.which(self.binary) is None:
             raise RuntimeError(
                 "etcd binary %r not found (on Debian: apt-get install etcd-server)"
@@ -306,7 +334,7 @@ class LocalEtcd:
         the v2 read proves v2 is enabled and the member has joined a cluster
         with a leader.
         """
-        _wait_all([self], timeout)
+        wait_all_ready([self], timeout)
 
     def _check_alive(self) -> None:
         code = self._proc.poll() if self._proc is not None else -1
@@ -360,9 +388,34 @@ class LocalEtcd:
         self._signal(signal.SIGKILL)
         self._proc.wait()
 
-    def pause(self) -> None:
-        """SIGSTOP: the port stays open but nothing answers (a hung server)."""
+    def pause(self, timeout: float = 5.0) -> None:
+        """SIGSTOP: the port stays open but nothing answers (a hung server).
+
+        Returns once every thread has stopped (or after ``timeout``): the
+        kernel hands SIGSTOP to one thread, which stops the others only when
+        it acts on it, and that thread may be busy in the kernel for a while
+        (etcd fsyncs right after it starts) while the others still answer.
+        """
         self._signal(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while self.running and not self._all_threads_stopped():
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
+
+    def _all_threads_stopped(self) -> bool:
+        tasks = "/proc/%d/task" % self._proc.pid
+        try:
+            for tid in os.listdir(tasks):
+                with open("%s/%s/stat" % (tasks, tid)) as f:
+                    # "tid (comm) state ...": comm may hold spaces or parens.
+                    if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                        return False
+        except FileNotFoundError:
+            return False  # a thread came or went; look again
+        except OSError:
+            return True  # no /proc to look at: do not wait
+        return True
 
     def resume(self) -> None:
         """SIGCONT after :meth:`pause`."""
@@ -380,7 +433,8 @@ class LocalEtcd:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             # A later start() gets a brand new server.
             self._data_dir = None
-            self._client_port = self._peer_port = None
+            if self._own_ports:
+                self._client_port = self._peer_port = None
 
     def __enter__(self) -> "LocalEtcd":
         return self.start()
@@ -392,119 +446,3 @@ class LocalEtcd:
         port = self._client_port if self._client_port is not None else "-"
         return "<LocalEtcd %s port=%s pid=%s>" % (self.name, port, self.pid)
 
-
-class LocalEtcdCluster:
-    """``size`` etcd members on 127.0.0.1 forming one cluster.
-
-    Each entry of :attr:`members` is a :class:`LocalEtcd`, so a single member
-    can be stopped, killed, paused or restarted to test failover.  Restarting
-    one member needs the others (a quorum) up; restart the whole cluster with
-    :meth:`restart`.
-    """
-
-    def __init__(
-        self,
-        size: int = 3,
-        name: str = "etcd",
-        binary: str = "etcd",
-        extra_args: Sequence[str] = (),
-    ) -> None:
-        if size < 1:
-            raise ValueError("a cluster needs at least one member")
-        self.name = name
-        self.members: List[LocalEtcd] = [
-            LocalEtcd(name="%s%d" % (name, i), binary=binary, extra_args=extra_args)
-            for i in range(size)
-        ]
-
-    @property
-    def urls(self) -> List[str]:
-        return [m.url for m in self.members]
-
-    @property
-    def url(self) -> str:
-        """All client URLs, comma-separated (the form etcd clients accept)."""
-        return ",".join(self.urls)
-
-    @property
-    def pids(self) -> List[Optional[int]]:
-        return [m.pid for m in self.members]
-
-    def start(self, timeout: float = 20.0) -> "LocalEtcdCluster":
-        """Start all members at once, then wait until each serves v2 reads.
-
-        Members are spawned before any is waited for: a member only becomes
-        ready once a leader is elected, which needs a quorum of the others.
-        """
-        if all(m.running for m in self.members):
-            return self
-        fresh = self.members[0]._client_port is None
-        attempt = 0
-        while True:
-            attempt += 1
-            if fresh:
-                self._configure()
-            try:
-                self._start_members(timeout)
-                return self
-            except RuntimeError:
-                bind_failed = any(m._bind_failed() for m in self.members)
-                self.stop()
-                if not (fresh and bind_failed and attempt < _BIND_RETRIES):
-                    raise
-                # The surviving members already wrote a cluster made of the
-                # old ports to disk; start over from empty data dirs.
-                for m in self.members:
-                    m.cleanup()
-
-    def _configure(self) -> None:
-        ports = _free_ports(2 * len(self.members))
-        for i, m in enumerate(self.members):
-            m._client_port, m._peer_port = ports[2 * i], ports[2 * i + 1]
-        initial = ",".join("%s=%s" % (m.name, m.peer_url) for m in self.members)
-        # A unique token keeps members of different test clusters from ever
-        # joining each other, even if ports get reused.
-        token = "etcdmirror-%s" % uuid.uuid4().hex
-        for m in self.members:
-            m._initial_cluster = initial
-            m._cluster_token = token
-
-    def _start_members(self, timeout: float) -> None:
-        for m in self.members:
-            if not m.running:
-                m._spawn()
-        _wait_all(self.members, timeout)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop every member, one after the other.
-
-        Deliberately sequential: on SIGTERM a leader first hands leadership
-        to a connected peer; if all members get SIGTERM at once that peer is
-        going away too and the leader waits for a timeout (~7s measured on
-        etcd 3.4), while stopping one by one takes well under a second.
-        """
-        for m in self.members:
-            m.stop(timeout)
-
-    def kill(self) -> None:
-        for m in self.members:
-            m.kill()
-
-    def restart(self, timeout: float = 20.0) -> "LocalEtcdCluster":
-        """Stop all members and start them again with their ports and data."""
-        self.stop()
-        return self.start(timeout)
-
-    def cleanup(self) -> None:
-        self.stop()
-        for m in self.members:
-            m.cleanup()
-
-    def __enter__(self) -> "LocalEtcdCluster":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.cleanup()
-
-    def __repr__(self) -> str:
-        return "<LocalEtcdCluster %s %r>" % (self.name, self.members)

@@ -9,12 +9,13 @@ later tests pass or fail for the wrong reason.
 
 import os
 import signal
-from typing import Dict, List, Set, Union
+from typing import Dict, Iterator, List, Set, Union
 
 import pytest
 
-from etcdmirror.localetcd import LocalEtcd, LocalEtcdCluster
+from etcdmirror.localetcd import LocalEtcd
 from tests.helpers import V2
+from tests.localcluster import LocalEtcdCluster
 
 
 def _etcd_descendants() -> Set[int]:
@@ -118,27 +119,27 @@ def etcd_dst(etcd_pids):
         etcd.cleanup()
 
 
-def _fresh_client(etcd: LocalEtcd, pids: Set[int]) -> V2:
+def _fresh_client(etcd: LocalEtcd, pids: Set[int]) -> Iterator[V2]:
     # The server is shared by the module: bring it back if an earlier test
     # paused or stopped it, and start each test from an empty keyspace.
     etcd.resume()
     if not etcd.running:
         _started(etcd, pids)
-    client = V2(etcd.url)
-    client.wipe()
-    return client
+    with V2(etcd.url) as client:
+        client.wipe()
+        yield client
 
 
 @pytest.fixture
-def src(etcd_src, etcd_pids) -> V2:
+def src(etcd_src, etcd_pids) -> Iterator[V2]:
     """Client for ``etcd_src``; the keyspace is emptied before each test."""
-    return _fresh_client(etcd_src, etcd_pids)
+    yield from _fresh_client(etcd_src, etcd_pids)
 
 
 @pytest.fixture
-def dst(etcd_dst, etcd_pids) -> V2:
+def dst(etcd_dst, etcd_pids) -> Iterator[V2]:
     """Client for ``etcd_dst``; the keyspace is emptied before each test."""
-    return _fresh_client(etcd_dst, etcd_pids)
+    yield from _fresh_client(etcd_dst, etcd_pids)
 
 
 class EtcdFactory:

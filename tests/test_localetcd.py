@@ -7,14 +7,17 @@ restart, mangled keys), every mirror test built on them would be suspect.
 import json
 import os
 import socket
+import threading
 import urllib.error
 import urllib.request
 
 import pytest
 
 from etcdmirror import localetcd
-from etcdmirror.localetcd import LocalEtcd, LocalEtcdCluster, free_port
+from etcdmirror.localclient import Timeout
+from etcdmirror.localetcd import LocalEtcd, free_port
 from tests.helpers import V2, wait_for
+from tests.localcluster import LocalEtcdCluster
 
 
 def _pid_gone(pid: int) -> bool:
@@ -145,7 +148,7 @@ def test_start_retries_when_a_chosen_port_was_taken(monkeypatch, etcd_factory):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        real, calls = localetcd._free_ports, []
+        real, calls = localetcd.free_ports, []
 
         def racy_free_ports(count):
             ports = real(count)
@@ -154,7 +157,7 @@ def test_start_retries_when_a_chosen_port_was_taken(monkeypatch, etcd_factory):
             calls.append(ports)
             return ports
 
-        monkeypatch.setattr(localetcd, "_free_ports", racy_free_ports)
+        monkeypatch.setattr(localetcd, "free_ports", racy_free_ports)
         etcd = etcd_factory()
         assert len(calls) == 2
         assert etcd.client_port == calls[1][0] != taken.getsockname()[1]
@@ -214,6 +217,43 @@ def test_cluster(etcd_factory):
     cluster.cleanup()
     assert all(_pid_gone(p) for p in pids)
     assert not any(os.path.exists(d) for d in data_dirs)
+
+
+def test_cluster_start_retries_with_new_members_when_a_port_was_taken(monkeypatch,
+                                                                    etcd_factory):
+    from tests import localcluster
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        real, calls = localcluster.free_ports, []
+
+        def racy_free_ports(count):
+            ports = real(count)
+            if not calls:
+                ports[2] = taken.getsockname()[1]  # the second member's client port
+            calls.append(ports)
+            return ports
+
+        monkeypatch.setattr(localcluster, "free_ports", racy_free_ports)
+        cluster = etcd_factory.cluster(2)
+        assert len(calls) == 2
+        assert [m.client_port for m in cluster.members] == [calls[1][0], calls[1][2]]
+        assert all(V2(u).get("/")[0] == 200 for u in cluster.urls)
+
+
+def test_given_ports_are_used_and_never_replaced(etcd_factory):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        client_port, peer_port = taken.getsockname()[1], free_port()
+        etcd = etcd_factory(start=False, client_port=client_port, peer_port=peer_port)
+        with pytest.raises(RuntimeError, match="address already in use"):
+            etcd.start(timeout=10)
+        assert (etcd.client_port, etcd.peer_port) == (client_port, peer_port)
+    etcd.start()
+    assert etcd.url == "http://127.0.0.1:%d" % client_port
+    assert V2(etcd.url).get("/")[0] == 200
 
 
 # -- the V2 helper ------------------------------------------------------------
@@ -283,6 +323,40 @@ def test_v2_operations(src):
     assert src.set("/e", dir=True)[0] == 201
     assert src.delete("/e", dir=True)[0] == 200
     assert set(src.tree("/")) == {"q", next(k for k in tree if k.startswith("q/"))}
+
+
+def test_v2_timeout_is_an_oserror_that_tells_a_watch_s_index(src):
+    src.set("/a", "1")
+    index = src.index()
+    with V2(src.url, timeout=0.3) as client:
+        with pytest.raises(Timeout) as err:
+            client.get("/w", wait=True, waitIndex=index + 1)
+        assert isinstance(err.value, OSError)
+        assert err.value.index == index  # from the headers etcd sent at once
+        assert client.get("/a")[1]["node"]["value"] == "1"  # a new connection
+
+
+def test_v2_shared_by_threads(src):
+    # Each thread has its own keep-alive connection: answers never mix.
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(30):
+                assert src.set("/t%d/k" % n, "%d-%d" % (n, i))[0] in (200, 201)
+                assert src.get("/t%d/k" % n)[1]["node"]["value"] == "%d-%d" % (n, i)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert len(src._connections) == 1 + 4  # the fixture's wipe() and the threads
+    src.close()
+    assert src.get("/t0/k")[0] == 200  # usable after close()
 
 
 def test_src_fixture_starts_from_empty_keyspace(src):

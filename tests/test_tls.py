@@ -5,7 +5,7 @@ import tempfile
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import V2, wait_for
 
 trustme = pytest.importorskip("trustme")
 
@@ -45,11 +45,9 @@ def test_https_source_verified_against_the_given_ca(pki, etcd_factory, dst, mirr
     m = mirror(tls_src.url, dst.url, "--reload", "--src-prefix", PREFIX,
                "--src-ca-file", pki["ca.pem"])
     import ssl
-    import urllib.request
     context = ssl.create_default_context(cafile=pki["ca.pem"])
-    request = urllib.request.Request(tls_src.url + "/v2/keys/conftool/a", data=b"value=tls",
-                                     method="PUT")
-    urllib.request.urlopen(request, context=context, timeout=10).read()
+    with V2(tls_src.url, context=context) as client:
+        assert client.set("/conftool/a", "tls")[0] == 201
     wait_for(lambda: dst.get("/replica/conftool/a")[0] == 200)
     assert m.healthy()
 
