@@ -26,9 +26,13 @@ for f in /usr/bin/etcd-mirror /usr/bin/etcd-mirror-verify /usr/bin/etcd-mirror-f
          /usr/lib/python3/dist-packages/etcdmirror/cli.py /etc/etcd-mirror/; do
     grep -qxF "$f" "$WORK/contents" || problems+=("missing $f")
 done
-# The demo and the local-etcd harness are not part of the runtime package.
+# The demo and what it runs on (local etcd servers, a blocking client, the
+# mirror as a child process) are not part of the runtime package.
 for f in /usr/bin/etcd-mirror-demo /usr/lib/python3/dist-packages/etcdmirror/demo.py \
-         /usr/lib/python3/dist-packages/etcdmirror/localetcd.py /usr/share/man/man1/etcd-mirror-demo.1.gz; do
+         /usr/lib/python3/dist-packages/etcdmirror/localetcd.py \
+         /usr/lib/python3/dist-packages/etcdmirror/localclient.py \
+         /usr/lib/python3/dist-packages/etcdmirror/localmirror.py \
+         /usr/share/man/man1/etcd-mirror-demo.1.gz; do
     grep -qxF "$f" "$WORK/contents" && problems+=("etcd-mirror ships $f")
     grep -qxF "$f" "$WORK/contents-demo" || problems+=("etcd-mirror-demo lacks $f")
 done
