@@ -1,14 +1,12 @@
 """The seam: the controller, resync and verify work against any implementation of
-the three roles (:mod:`etcdmirror.roles`), and import no etcd v2 module.
+the three roles (:mod:`etcdmirror.roles`); tests/test_structure.py checks that
+they import no etcd v2 module.
 
 Here the roles are small in-memory stand-ins, driven on a fake clock: what is
 checked is the controller's own contract with the roles (order, checkpoint,
 resync through snapshots), not etcd's behaviour, which the v2 implementations
 are tested for against real servers everywhere else.
 """
-
-import ast
-import pathlib
 
 import etcd
 from prometheus_client import CollectorRegistry
@@ -22,15 +20,6 @@ from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import NodeState, Snapshot
 from etcdmirror.verify import verify_once
-
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "etcdmirror"
-
-#: Modules that speak only in roles, and the v2 modules they must not import.
-ROLE_USERS = ("controller", "checkpoint", "resync", "guards", "roles", "events", "retry",
-              "gate")
-V2_MODULES = {"client", "answers", "transport", "bodies", "watches", "watcher", "stream",
-              "applier", "indexstore", "v2source", "v2replica", "ttlkeeper"}
-
 
 def event(action, key, index, value=None):
     return Event(key, value, False, None, None, index, action, None)
@@ -211,15 +200,3 @@ def test_verify_compares_the_two_snapshots():
     found = []
     verify_once(source, replica, mapper).addCallback(found.extend)
     assert [(d.key, d.kind) for d in found] == [("/b/a/x", "value")]
-
-
-def test_role_users_import_no_etcd_v2_module():
-    for name in ROLE_USERS:
-        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
-        imported = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("etcdmirror."):
-                imported.add(node.module.split(".", 1)[1])
-            elif isinstance(node, ast.ImportFrom) and node.module == "etcdmirror":
-                imported.update(alias.name for alias in node.names)
-        assert not imported & V2_MODULES, (name, imported & V2_MODULES)
