@@ -31,7 +31,6 @@ from etcdmirror.checkpoint import BatchSettings, Checkpointer
 from etcdmirror.errors import EXIT_CRASH, EXIT_OK, EXIT_OPERATOR, MirrorFatal
 from etcdmirror.events import (
     ApplyError, Divergence, Event, ExpiredEarly, Outcome, WatchProgress, describe)
-from etcdmirror.freshness import parse_heartbeat
 from etcdmirror.gate import WriteGate
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
@@ -336,7 +335,7 @@ class ReplicationController:
         self.status.replica_index = index
         self.status.last_event_time = self.clock.seconds()
         if event.key == self.options.heartbeat_key and event.action in ("set", "update"):
-            self.status.heartbeat_time = parse_heartbeat(event.value)
+            self.status.heartbeat_time = st.parse_heartbeat(event.value)
 
     @defer.inlineCallbacks
     def _index_cleared(self, error: Exception):

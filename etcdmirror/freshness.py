@@ -31,6 +31,7 @@ from etcdmirror.client import EtcdClient
 from etcdmirror.endpoints import Cluster
 from etcdmirror.indexstore import IndexStore
 from etcdmirror.roles import Checkpoint, SourceReader
+from etcdmirror.status import parse_heartbeat
 from etcdmirror.keys import KeyMapper
 from etcdmirror.periodic import Periodic
 
@@ -54,14 +55,6 @@ class FreshAsOf:
             return cls(float(doc["time"]), int(doc["index"]))
         except (ValueError, TypeError, KeyError):
             return None
-
-
-def parse_heartbeat(text: Optional[str]) -> Optional[float]:
-    """A heartbeat value (seconds since the epoch), or None if it is not one."""
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
 
 
 class Heartbeat:

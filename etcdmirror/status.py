@@ -23,6 +23,14 @@ class State(Enum):
     FAILED = "failed"
 
 
+def parse_heartbeat(text: Optional[str]) -> Optional[float]:
+    """A heartbeat value (seconds since the epoch), or None if it is not one."""
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 @dataclass
 class MirrorStatus:
     """Indexes, state and last error of one mirror instance."""
