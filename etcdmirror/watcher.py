@@ -20,7 +20,9 @@ exists in ``[w, X-Etcd-Index]`` (:class:`~etcdmirror.answers.WatchProgress`).
 A pending watch is renewed when it was idle for ``idle_timeout`` seconds,
 and also as soon as a cheap probe of the source's index shows the cluster
 moved ``probe_threshold`` events past its registration, long before 1000
-events pass.
+events pass.  The probe runs every ``probe_interval`` seconds, and more often
+while the cluster moves fast (:func:`probe_delay`): at 2,500 writes/s, 1000
+events pass in 0.4 s.
 
 **Streaming when caught up.**  A mirror that is caught up reads with one
 streaming watch instead (:mod:`etcdmirror.stream`), so that it pays no request
@@ -30,7 +32,7 @@ too many wait to be applied, the stream is paused.
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -39,11 +41,24 @@ from twisted.python.failure import Failure
 from etcdmirror.answers import Answer
 from etcdmirror.client import EtcdClient
 from etcdmirror.events import WatchProgress
-from etcdmirror.periodic import Periodic
 from etcdmirror.stream import StreamFollower
 from etcdmirror.watches import PendingWatch
 
 log = logging.getLogger(__name__)
+
+#: The index probe never runs more often than this (seconds).
+MIN_PROBE_INTERVAL = 0.05
+
+
+def probe_delay(rate: float, interval: float, threshold: int) -> float:
+    """Seconds until the next index probe, for a cluster moving ``rate`` events/s.
+
+    The base ``interval``, or less when ``threshold`` events would pass
+    before it: a watch is then renewed well inside etcd's 1000 events.
+    """
+    if rate <= 0:
+        return interval
+    return max(MIN_PROBE_INTERVAL, min(interval, threshold / rate))
 
 
 @dataclass
@@ -111,7 +126,13 @@ class WatchWindow:
         self._empty: Dict[int, WatchProgress] = {}
         self._waiter: Optional[defer.Deferred] = None
         self._error: Optional[Failure] = None
-        self._probe = Periodic(clock, self._probe_once)
+        self._probe_timer: Optional[IDelayedCall] = None
+        self._probe_wanted = False
+        self._probing = False
+        #: The cluster's write rate (events/s) between the last two probes,
+        #: and when and at which index the last probe was answered.
+        self._cluster_rate = 0.0
+        self._last_probe: Optional[Tuple[float, int]] = None
         self.stream = StreamFollower(
             client, prefix, clock, on_registered=self._stream_registered,
             on_event=self._streamed, on_progress=self._empty.__setitem__,
@@ -324,10 +345,42 @@ class WatchWindow:
 
     def _start_probe(self) -> None:
         if self.probe_interval > 0:
-            self._probe.start(self.probe_interval, now=False)
+            self._probe_wanted = True
+            self._schedule_probe()
 
     def _stop_probe(self) -> None:
-        self._probe.stop()
+        self._probe_wanted = False
+        if self._probe_timer is not None and self._probe_timer.active():
+            self._probe_timer.cancel()
+        self._probe_timer = None
+
+    def _schedule_probe(self) -> None:
+        if self._probing or (self._probe_timer is not None and self._probe_timer.active()):
+            return
+        delay = probe_delay(self._cluster_rate, self.probe_interval, self.probe_threshold)
+        self._probe_timer = self.clock.callLater(delay, self._probe_now)
+
+    def _probe_now(self) -> None:
+        self._probe_timer = None
+        self._probing = True
+
+        def done(result: Any) -> None:
+            self._probing = False
+            if isinstance(result, Failure):
+                log.error("index probe: %s", result.getTraceback())
+            if self._probe_wanted:
+                self._schedule_probe()
+
+        self._probe_once().addBoth(done)
+
+    def _measure(self, current: int) -> None:
+        """Learn the cluster's write rate from two probes in a row."""
+        now = self.clock.seconds()
+        if self._last_probe is not None:
+            then, before = self._last_probe
+            if now > then and current >= before:
+                self._cluster_rate = (current - before) / (now - then)
+        self._last_probe = (now, current)
 
     @defer.inlineCallbacks
     def _probe_once(self):
@@ -343,6 +396,7 @@ class WatchWindow:
             return
         if current is None:
             return
+        self._measure(current)
         for w in pending:
             watch = self._watches.get(w)
             if (watch is not None and watch.etcd_index is not None

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 
 from etcdmirror.answers import Answer, EtcdTimeout, EtcdUnavailable, StreamEnd
 from etcdmirror.events import WatchProgress
-from etcdmirror.watcher import WatchWindow
+from etcdmirror.watcher import MIN_PROBE_INTERVAL, WatchWindow, probe_delay
 from etcdmirror.watches import EventStream, PendingWatch, Registration
 
 
@@ -186,6 +186,35 @@ def test_probe_renews_early_when_the_cluster_moves_far():
     clock.advance(0.5)
     clock.advance(0)
     assert indexes(out) == [("progress", 100)] and w.early_renewals == 1
+
+
+def test_probe_runs_more_often_while_the_cluster_moves_fast():
+    """At 2,500 writes/s, 1000 events pass in 0.4 s: a 0.5 s probe would be late."""
+    clock, source = fakes()
+    w = window(clock, source, concurrency=1)
+    out = []
+    w.next().addCallback(out.append)
+    source.register(42, 100)
+    clock.advance(0.5)                   # first probe: nothing learnt yet
+    source.index = 100 + 1250            # 2,500 events/s
+    clock.advance(0.5)
+    clock.advance(0)
+    assert indexes(out) == [("progress", 100)]
+    w.next()
+    source.register(101, 1350)
+    probes = source.probes
+    source.index += 200
+    clock.advance(probe_delay(2500, 0.5, 200))      # 0.08 s later, not 0.5 s
+    assert source.probes == probes + 1
+    clock.advance(0)
+    assert w.early_renewals == 2
+
+
+def test_probe_delay():
+    assert probe_delay(0, 0.5, 200) == 0.5
+    assert probe_delay(100, 0.5, 200) == 0.5
+    assert probe_delay(2500, 0.5, 200) == 0.08
+    assert probe_delay(10**6, 0.5, 200) == MIN_PROBE_INTERVAL
 
 
 def test_an_error_fails_next_and_the_window_reopens():
