@@ -33,6 +33,7 @@ setup(
             "etcd-mirror-demo = etcdmirror.demo:main",
             "etcd-mirror-verify = etcdmirror.cli:verify_main",
             "etcd-mirror-freshness = etcdmirror.cli:freshness_main",
+            "etcd-mirror-wait = etcdmirror.cli:wait_main",
         ]
     },
     classifiers=[

@@ -17,6 +17,7 @@ from etcdmirror import __version__
 from etcdmirror.endpoints import Cluster, EndpointError, parse_cluster
 from etcdmirror.keys import KeyMapper, PrefixError, compile_ignore, normalize_prefix
 from etcdmirror.logs import LEVELS
+from etcdmirror.wait import DEFAULT_TIMEOUT, MAX_TIMEOUT, check_timeout
 
 log = logging.getLogger("etcdmirror")
 
@@ -292,6 +293,44 @@ def freshness_main(warning: Optional[float], critical: float, dst_prefix: str,
     from etcdmirror.freshness import check_freshness
     task.react(check_freshness, (dst, mapper, heartbeat_key, warning, critical, dst_tls,
                                  click.echo))
+
+
+def _wait_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    problem = check_timeout(value)
+    if problem:
+        raise click.BadParameter(f"{value!r}: {problem}")
+    return value
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit status: 0 the replica holds the index; 1 it does not (timed out, or the "
+    "mirror failed or is stopping; the replica index is printed); 2 the mirror could not "
+    "be asked (no answer, not an etcd-mirror), or a usage error.",
+)
+@click.option("--index", required=True, type=click.IntRange(min=0), metavar="N",
+              help="The source index to wait for: the X-Etcd-Index of the write's answer "
+              "(or the written node's modifiedIndex).")
+@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, type=float,
+              metavar="SECONDS", callback=_wait_timeout,
+              help=f"Give up after SECONDS (0: answer at once; at most {MAX_TIMEOUT:g}).")
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Host of the mirror's HTTP interface (see its --listen-address).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535),
+              metavar="N", help="Port of the mirror's HTTP interface (its --port).")
+@click.version_option(__version__, "--version", message="%(version)s")
+def wait_main(index: int, timeout: float, host: str, port: int) -> None:
+    """Wait until a running etcd-mirror's replica holds a source index.
+
+    A read-your-writes barrier: after writing to the source, give the
+    write's index; this returns once the replica the mirror writes holds
+    everything up to it, instead of sleeping. Asks the mirror's HTTP
+    interface (GET /wait); the mirror may be on another host.
+    """
+    from etcdmirror.wait import mirror_url, wait_command
+
+    sys.exit(wait_command(mirror_url(host, port), index, timeout, click.echo,
+                          lambda line: click.echo(line, err=True)))
 
 
 def _check_heartbeat_key(key: str, mapper: KeyMapper) -> None:

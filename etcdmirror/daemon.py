@@ -88,7 +88,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
         mapper, status, metrics, reactor, options, transient=is_transient,
         make_keeper=partial(TtlKeeper, source, destination, mapper, reactor, metrics=metrics))
     try:
-        listening = reactor.listenTCP(port, make_site(status, registry),
+        listening = reactor.listenTCP(port, make_site(status, registry, reactor),
                                       interface=daemon.listen_address)
     except CannotListenError as e:
         log.critical("cannot serve the HTTP interface on port %d: %s", port, e.socketError)

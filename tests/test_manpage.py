@@ -19,6 +19,7 @@ COMMANDS = {
     "etcd-mirror": "main",
     "etcd-mirror-verify": "verify_main",
     "etcd-mirror-freshness": "freshness_main",
+    "etcd-mirror-wait": "wait_main",
 }
 
 
