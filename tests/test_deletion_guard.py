@@ -1,0 +1,124 @@
+"""The deletion guard of automatic resyncs, as pure functions.
+
+What a resync would delete is counted in replica keys (a deleted directory
+takes every key below it); an automatic resync over ``--max-resync-deletes``,
+or one that reads an empty source while the replica has keys, refuses before
+writing anything.
+"""
+
+import re
+
+import pytest
+
+from etcdmirror.guards import (
+    DEFAULT_MAX_RESYNC_DELETES, DeleteLimit, Deletions, ResyncRefused, check_deletes)
+from etcdmirror.keys import KeyMapper
+from etcdmirror.resync import NodeState, count_deletions, make_plan
+
+F = lambda v, ttl=None: NodeState(False, v, ttl)  # noqa: E731
+D = lambda ttl=None: NodeState(True, None, ttl)  # noqa: E731
+
+# -- the limit's syntax ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, replica_keys, allowed", [
+    ("10%", 1000, 100), ("10%", 31, 4), ("10%", 5, 1), ("10%", 0, 0),
+    ("2.5%", 40, 1), ("100%", 7, 7), ("0%", 50, 0), ("0", 50, 0), ("25", 3, 25),
+])
+def test_a_limit_is_a_count_or_a_percentage_rounded_up(text, replica_keys, allowed):
+    limit = DeleteLimit.parse(text)
+    assert limit.allowed(replica_keys) == allowed
+    assert str(limit) == text
+
+
+@pytest.mark.parametrize("text", ["-1", "abc", "150%", "100.5%", "2.5", "", "%", "1e3",
+                                  "10 %", "ten"])
+def test_junk_limits_are_refused(text):
+    with pytest.raises(ValueError):
+        DeleteLimit.parse(text)
+
+
+def test_the_default_is_a_tenth_of_the_replica():
+    assert str(DEFAULT_MAX_RESYNC_DELETES) == "10%"
+
+
+# -- counting ----------------------------------------------------------------------
+
+
+def test_a_deleted_directory_counts_the_keys_below_it():
+    m = KeyMapper("/s", "/d", strip=True)
+    src = {"/s": D(), "/s/a": F("1")}
+    dst = {"/d": D(), "/d/a": F("1"), "/d/old": D(), "/d/old/k1": F("1"),
+           "/d/old/sub": D(), "/d/old/sub/k2": F("2"), "/d/empty": D(), "/d/lone": F("x")}
+    plan = make_plan(src, dst, m)
+    assert sorted(k for k, _ in plan.deletes) == ["/d/empty", "/d/lone", "/d/old"]
+    found = count_deletions(plan, src, dst, m)
+    # Directories are not keys: the empty one costs nothing.
+    assert found == Deletions(["/d/lone", "/d/old/k1", "/d/old/sub/k2"], 4, 1)
+    assert found.share() == "3 of the 4 keys (75%)"
+
+
+def test_type_changes_count_what_they_replace():
+    m = KeyMapper("/s", "/d", strip=True)
+    src = {"/s/x": F("now a key"), "/s/f": D(), "/s/f/g": F("1")}
+    dst = {"/d/x": D(), "/d/x/c1": F("c"), "/d/x/c2": F("c"), "/d/f": F("was a key")}
+    found = count_deletions(make_plan(src, dst, m), src, dst, m)
+    assert list(found.keys) == ["/d/f", "/d/x/c1", "/d/x/c2"]
+
+
+def test_ignored_and_index_keys_are_not_the_replica_s_keys():
+    m = KeyMapper("/", "/", ignore=re.compile(".*/keep"))
+    src = {"/a": F("1"), "/keep": F("source's")}
+    dst = {"/a": F("1"), "/gone": F("x"), "/h": D(), "/h/keep": F("k"), "/h/drop": F("d"),
+           "/__replication": D(), "/__replication/__ROOT__": F("5")}
+    found = count_deletions(make_plan(src, dst, m), src, dst, m)
+    assert list(found.keys) == ["/gone", "/h/drop"]
+    assert found.replica_keys == 3 and found.source_keys == 1
+
+
+# -- the check ---------------------------------------------------------------------
+
+
+MAPPER = KeyMapper("/conftool", "/replica")
+
+
+def gone(n, total, source_keys=1):
+    keys = sorted(f"/replica/conftool/k{i:03}" for i in range(n))
+    return Deletions(keys, total, source_keys)
+
+
+def test_within_the_limit_passes_over_it_refuses_with_a_sample():
+    limit = DeleteLimit.parse("10%")
+    check_deletes(gone(4, 31), limit, True, 77, MAPPER)        # 31 keys: up to 4
+    with pytest.raises(ResyncRefused) as refused:
+        check_deletes(gone(12, 31), limit, True, 77, MAPPER)
+    message = str(refused.value)
+    assert message.startswith("refused: it would delete 12 of the 31 keys (38.7%)")
+    assert "--max-resync-deletes 10% allows at most 4 keys" in message
+    assert "index 77" in message
+    # The first ten, sorted, and how many there are.
+    assert ", ".join(f"/replica/conftool/k{i:03}" for i in range(10)) + ", ..." in message
+    assert "k010" not in message and "the first 10 of 12" in message
+    assert "--reload" in message and "raise --max-resync-deletes" in message
+    assert "--src-prefix /conftool" in message
+    assert refused.value.deletions.replica_keys == 31
+
+
+def test_zero_means_never_delete():
+    check_deletes(gone(0, 31), DeleteLimit.parse("0"), True, 1, MAPPER)
+    with pytest.raises(ResyncRefused):
+        check_deletes(gone(1, 31), DeleteLimit.parse("0"), True, 1, MAPPER)
+
+
+def test_an_empty_source_is_refused_whatever_the_limit():
+    for limit in (DeleteLimit.parse("100%"), DeleteLimit.parse("1000"), None):
+        with pytest.raises(ResyncRefused) as refused:
+            check_deletes(gone(3, 3, source_keys=0), limit, True, 9, MAPPER)
+        assert "has no key under /conftool" in str(refused.value)
+        assert "raise --max-resync-deletes" not in str(refused.value)
+    # An empty source and an empty replica: nothing to lose.
+    check_deletes(gone(0, 0, source_keys=0), None, True, 9, MAPPER)
+
+
+def test_an_operator_s_reload_is_not_checked():
+    check_deletes(gone(3, 3, source_keys=0), None, False, 9, MAPPER)
