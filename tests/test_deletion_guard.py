@@ -1,9 +1,10 @@
-"""The deletion guard of automatic resyncs, as pure functions.
+"""The deletion guard of automatic resyncs, as pure functions and through the controller.
 
 What a resync would delete is counted in replica keys (a deleted directory
 takes every key below it); an automatic resync over ``--max-resync-deletes``,
 or one that reads an empty source while the replica has keys, refuses before
-writing anything.
+writing anything.  The controller is driven here with the in-memory roles of
+tests/test_roles.py.
 """
 
 import re
@@ -14,6 +15,8 @@ from etcdmirror.guards import (
     DEFAULT_MAX_RESYNC_DELETES, DeleteLimit, Deletions, ResyncRefused, check_deletes)
 from etcdmirror.keys import KeyMapper
 from etcdmirror.resync import NodeState, count_deletions, make_plan
+from tests.test_roles import MemoryCheckpoint
+from tests.test_roles import mirror as memory_mirror
 
 F = lambda v, ttl=None: NodeState(False, v, ttl)  # noqa: E731
 D = lambda ttl=None: NodeState(True, None, ttl)  # noqa: E731
@@ -122,3 +125,105 @@ def test_an_empty_source_is_refused_whatever_the_limit():
 
 def test_an_operator_s_reload_is_not_checked():
     check_deletes(gone(3, 3, source_keys=0), None, False, 9, MAPPER)
+
+
+# -- through the controller, with in-memory roles --------------------------------------
+
+
+def replica_keys(replica, n):
+    for i in range(n):
+        replica.tree[f"/b/a/k{i:02}"] = F(str(i))
+
+
+def run(c):
+    results = []
+    c.run().addCallback(results.append)
+    return results
+
+
+def cleared(source, keys):
+    """The source holds ``keys`` and no history the mirror could follow."""
+    for key in keys:
+        source.tree[key] = F(str(int(key[-2:])))     # as replica_keys wrote it
+    source.index = source.floor = 100
+
+
+def test_an_automatic_resync_of_an_empty_source_refuses_and_writes_nothing():
+    checkpoint = MemoryCheckpoint(index=1)
+    c, source, replica, clock = memory_mirror(checkpoint)
+    replica_keys(replica, 5)
+    before = dict(replica.tree)
+    cleared(source, [])
+    assert run(c) == [1]
+    assert replica.tree == before and checkpoint.index == 1
+    # Still pending: the next start resumes it, and checks again.
+    assert checkpoint.marker == "index_cleared"
+    error = c.status.last_error
+    assert error.startswith("Resync (index_cleared) refused: it would delete 5 of the 5 keys")
+    assert "has no key under /a" in error and "last applied index 1" in error
+    assert "/b/a/k00, /b/a/k01" in error and "--reload" in error
+    assert c.metrics.errors.labels(kind="ResyncRefused")._value.get() == 1
+
+
+TWO = DeleteLimit.parse("2")
+
+
+def test_deletes_within_the_limit_resync_and_past_it_refuse():
+    checkpoint = MemoryCheckpoint(index=1)
+    c, source, replica, clock = memory_mirror(checkpoint, max_resync_deletes=TWO)
+    replica_keys(replica, 10)
+    cleared(source, [f"/a/k{i:02}" for i in range(2, 10)])      # two fewer
+    assert run(c) == []                                          # replicating
+    assert sorted(replica.tree) == [f"/b/a/k{i:02}" for i in range(2, 10)]
+    c.stop()
+
+    checkpoint = MemoryCheckpoint(index=1)
+    c, source, replica, clock = memory_mirror(checkpoint, max_resync_deletes=TWO)
+    replica_keys(replica, 10)
+    before = dict(replica.tree)
+    cleared(source, [f"/a/k{i:02}" for i in range(3, 10)])      # three fewer
+    assert run(c) == [1] and replica.tree == before
+    assert "--max-resync-deletes 2 allows at most 2 keys" in c.status.last_error
+
+
+def test_an_operator_s_reload_goes_past_the_limit_and_into_an_empty_source():
+    checkpoint = MemoryCheckpoint(index=1)
+    c, source, replica, clock = memory_mirror(checkpoint, reload=True)
+    replica_keys(replica, 10)
+    cleared(source, [])
+    assert run(c) == [] and replica.tree == {}
+    assert checkpoint.marks == ["reload"] and checkpoint.marker is None
+    c.stop()
+
+
+def test_a_reload_cut_short_is_finished_past_the_limit_but_not_into_an_empty_source():
+    checkpoint = MemoryCheckpoint(index=1)
+    checkpoint.marker = "reload"                     # a --reload that was killed
+    c, source, replica, clock = memory_mirror(checkpoint)
+    replica_keys(replica, 10)
+    cleared(source, ["/a/k00"])
+    assert run(c) == [] and sorted(replica.tree) == ["/b/a/k00"]
+    # The marker kept the reason it was started for while it ran.
+    assert checkpoint.marks == ["reload"] and checkpoint.marker is None
+    assert c.metrics.resyncs.labels(reason="interrupted")._value.get() == 1
+    c.stop()
+
+    checkpoint = MemoryCheckpoint(index=1)
+    checkpoint.marker = "reload"
+    c, source, replica, clock = memory_mirror(checkpoint)
+    replica_keys(replica, 10)
+    cleared(source, [])
+    assert run(c) == [1] and len(replica.tree) == 10
+    assert c.status.last_error.startswith("Resync (interrupted, started as reload) refused")
+    assert checkpoint.marker == "reload"
+
+
+def test_an_automatic_resync_cut_short_keeps_its_reason_and_its_limit():
+    checkpoint = MemoryCheckpoint(index=1)
+    checkpoint.marker = "index_cleared"
+    c, source, replica, clock = memory_mirror(checkpoint)
+    replica_keys(replica, 10)
+    cleared(source, ["/a/k00"])                      # nine of ten would go
+    assert run(c) == [1] and len(replica.tree) == 10
+    assert checkpoint.marks == ["index_cleared"]
+    assert "Resync (interrupted, started as index_cleared) refused" in c.status.last_error
