@@ -15,6 +15,7 @@ import click
 
 from etcdmirror import __version__
 from etcdmirror.endpoints import Cluster, EndpointError, parse_cluster
+from etcdmirror.guards import DEFAULT_MAX_RESYNC_DELETES, DeleteLimit
 from etcdmirror.keys import KeyMapper, PrefixError, compile_ignore, normalize_prefix
 from etcdmirror.logs import LEVELS
 
@@ -40,6 +41,20 @@ def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
         return parse_cluster(value)
     except EndpointError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def _delete_limit(ctx: click.Context, param: click.Parameter, value: str) -> DeleteLimit:
+    try:
+        return DeleteLimit.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def max_resync_deletes_option(help_text: str) -> Callable[[Callable], Callable]:
+    """``--max-resync-deletes N|N%`` (``etcd-mirror``)."""
+    return click.option("--max-resync-deletes", default=str(DEFAULT_MAX_RESYNC_DELETES),
+                        show_default=True, metavar="N|N%", callback=_delete_limit,
+                        help=help_text)
 
 
 def mapping_options(f: Callable) -> Callable:
@@ -158,6 +173,12 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
               show_default=True,
               help="When a conditional event fails on the destination because something "
               "else wrote the replica: exit 1, or resynchronise from a snapshot.")
+@max_resync_deletes_option(
+    "An automatic resync (any but --reload: a cleared index, --on-divergence resync, a "
+    "TTL'd directory run out, one cut short) that would delete more replica keys than "
+    "this writes nothing and exits 1, listing some of them. N keys (0: it never "
+    "deletes), or N% of the replica's keys, rounded up. A source prefix that reads "
+    "empty while the replica has keys is always refused. --reload is not limited.")
 @click.option("--verify-interval", default=0.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(min=0),
               help="Compare the replica with the source every SECONDS (0: never) and "
@@ -192,6 +213,7 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
 def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool,
          src_prefix: str, dst_prefix: str,
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
+         max_resync_deletes: DeleteLimit,
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_stream: bool,
          watch_idle_timeout: float, check_config: bool, listen_address: str,
@@ -211,7 +233,8 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
     from etcdmirror.daemon import DaemonOptions, run
     from etcdmirror.watcher import WatchSettings
     options = Options(reload=reload, event_log=event_log, auto_resync=not no_auto_resync,
-                      on_divergence=on_divergence, heartbeat_key=heartbeat_key)
+                      on_divergence=on_divergence, heartbeat_key=heartbeat_key,
+                      max_resync_deletes=max_resync_deletes)
     daemon = DaemonOptions(
         watch=WatchSettings(concurrency=watch_concurrency, stream=watch_stream,
                             idle_timeout=watch_idle_timeout),
