@@ -51,7 +51,7 @@ def _delete_limit(ctx: click.Context, param: click.Parameter, value: str) -> Del
 
 
 def max_resync_deletes_option(help_text: str) -> Callable[[Callable], Callable]:
-    """``--max-resync-deletes N|N%`` (``etcd-mirror``)."""
+    """``--max-resync-deletes N|N%``: shared by ``etcd-mirror`` and ``etcd-mirror-verify``."""
     return click.option("--max-resync-deletes", default=str(DEFAULT_MAX_RESYNC_DELETES),
                         show_default=True, metavar="N|N%", callback=_delete_limit,
                         help=help_text)
@@ -246,20 +246,29 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=URL_HELP + " Exit status (diff's convention): 0 identical, 1 different, 2 the "
-    "trees could not be compared (or a usage error).",
+    epilog=URL_HELP + " Exit status (diff's convention): 0 identical (with --plan: "
+    "nothing to write or delete), 1 different, 2 the trees could not be compared (or a "
+    "usage error).",
 )
 @click.option("-d", "--debug", is_flag=True, help="Show debug output.")
 @mapping_options
+@click.option("--plan", is_flag=True,
+              help="Print the writes and deletes a resync would make now (TTLs compared "
+              "as a resync does), how many replica keys it would delete, and whether an "
+              "automatic resync would be refused. Writes nothing.")
+@max_resync_deletes_option(
+    "With --plan: the mirror's --max-resync-deletes, to tell whether an automatic "
+    "resync would be refused.")
 @click.version_option(__version__, "--version", message="%(version)s")
 @cluster_arguments
 def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, ignore: Any,
+                plan: bool, max_resync_deletes: DeleteLimit,
                 src: Cluster, dst: Cluster, **sides: Any) -> None:
     """Compare the replica with a quorum snapshot of the source and print differences.
 
     Takes the same options as etcd-mirror; compares presence, dir-ness and value
     (not TTLs). Run it while the source is quiet for an exact answer: events in
-    flight show up as differences.
+    flight show up as differences. With --plan, print what a resync would do instead.
     """
     src, src_tls = resolve_side(src, "src", sides)
     dst, dst_tls = resolve_side(dst, "dst", sides)
@@ -268,7 +277,8 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
     from twisted.internet import task
     from etcdmirror.verify import verify_command
     task.react(verify_command, (src, dst, mapper, src_tls, dst_tls, click.echo,
-                                lambda line: click.echo(line, err=True)))
+                                lambda line: click.echo(line, err=True),
+                                plan, max_resync_deletes))
 
 
 @click.command(

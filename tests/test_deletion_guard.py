@@ -14,7 +14,8 @@ import pytest
 from etcdmirror.guards import (
     DEFAULT_MAX_RESYNC_DELETES, DeleteLimit, Deletions, ResyncRefused, check_deletes)
 from etcdmirror.keys import KeyMapper
-from etcdmirror.resync import NodeState, count_deletions, make_plan
+from etcdmirror.resync import NodeState, Snapshot, count_deletions, make_plan
+from etcdmirror.verify import plan_lines
 from tests.test_roles import MemoryCheckpoint
 from tests.test_roles import mirror as memory_mirror
 
@@ -125,6 +126,34 @@ def test_an_empty_source_is_refused_whatever_the_limit():
 
 def test_an_operator_s_reload_is_not_checked():
     check_deletes(gone(3, 3, source_keys=0), None, False, 9, MAPPER)
+
+
+# -- etcd-mirror-verify --plan's text ------------------------------------------------
+
+
+def test_plan_lines_show_writes_deletes_and_the_verdict():
+    m = KeyMapper("/s", "/d", strip=True)
+    src = Snapshot({"/s": D(), "/s/a": F("new", 30), "/s/x": F("a key now")}, 42, None)
+    dst = Snapshot({"/d": D(), "/d/a": F("old"), "/d/x": D(), "/d/x/c": F("c"),
+                    "/d/old": D(), "/d/old/k1": F("1"), "/d/old/k2": F("2")}, 50, None)
+    lines = plan_lines(src, dst, m, DeleteLimit.parse("10%"))
+    assert lines == [
+        "write   /d/a: value 'new', TTL 30 s (destination: value 'old')",
+        "write   /d/x: value 'a key now' (destination: a directory) (a directory: 1 key "
+        "below it)",
+        "delete  /d/old (a directory: 2 keys below it)",
+        "plan: 2 writes, 1 deletes, taking 3 of the 4 keys (75%) under /d; source "
+        "snapshot at index 42",
+        "an automatic resync would refuse it (--max-resync-deletes 10% allows at most 1 "
+        "key; source snapshot at index 42); etcd-mirror --reload would carry it out",
+    ]
+    assert plan_lines(src, dst, m, DeleteLimit.parse("3"))[-1] == (
+        "an automatic resync would carry it out (--max-resync-deletes 3: up to 3 keys)")
+    assert plan_lines(src, src_as_dst(src, m), m, DEFAULT_MAX_RESYNC_DELETES) == []
+
+
+def src_as_dst(src, m):
+    return Snapshot({m.to_dst(k): v for k, v in src.nodes.items()}, 1, None)
 
 
 # -- through the controller, with in-memory roles --------------------------------------
