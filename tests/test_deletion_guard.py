@@ -4,7 +4,7 @@ What a resync would delete is counted in replica keys (a deleted directory
 takes every key below it); an automatic resync over ``--max-resync-deletes``,
 or one that reads an empty source while the replica has keys, refuses before
 writing anything.  The controller is driven here with the in-memory roles of
-tests/test_roles.py.
+tests/test_roles.py; tests/test_resync_guard.py runs the same cases on etcd.
 """
 
 import re
