@@ -15,6 +15,7 @@ import click
 
 from etcdmirror import __version__
 from etcdmirror.endpoints import Cluster, EndpointError, parse_cluster
+from etcdmirror.guards import DEFAULT_MAX_RESYNC_DELETES, DeleteLimit
 from etcdmirror.keys import KeyMapper, PrefixError, compile_ignore, normalize_prefix
 from etcdmirror.logs import LEVELS
 from etcdmirror.wait import DEFAULT_TIMEOUT, MAX_TIMEOUT, check_timeout
@@ -41,6 +42,20 @@ def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
         return parse_cluster(value)
     except EndpointError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def _delete_limit(ctx: click.Context, param: click.Parameter, value: str) -> DeleteLimit:
+    try:
+        return DeleteLimit.parse(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def max_resync_deletes_option(help_text: str) -> Callable[[Callable], Callable]:
+    """``--max-resync-deletes N|N%``: shared by ``etcd-mirror`` and ``etcd-mirror-verify``."""
+    return click.option("--max-resync-deletes", default=str(DEFAULT_MAX_RESYNC_DELETES),
+                        show_default=True, metavar="N|N%", callback=_delete_limit,
+                        help=help_text)
 
 
 def mapping_options(f: Callable) -> Callable:
@@ -159,6 +174,12 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
               show_default=True,
               help="When a conditional event fails on the destination because something "
               "else wrote the replica: exit 1, or resynchronise from a snapshot.")
+@max_resync_deletes_option(
+    "An automatic resync (any but --reload: a cleared index, --on-divergence resync, a "
+    "TTL'd directory run out, one cut short) that would delete more replica keys than "
+    "this writes nothing and exits 1, listing some of them. N keys (0: it never "
+    "deletes), or N% of the replica's keys, rounded up. A source prefix that reads "
+    "empty while the replica has keys is always refused. --reload is not limited.")
 @click.option("--verify-interval", default=0.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(min=0),
               help="Compare the replica with the source every SECONDS (0: never) and "
@@ -193,6 +214,7 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
 def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool,
          src_prefix: str, dst_prefix: str,
          ignore: Any, port: int, no_auto_resync: bool, on_divergence: str,
+         max_resync_deletes: DeleteLimit,
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_stream: bool,
          watch_idle_timeout: float, check_config: bool, listen_address: str,
@@ -212,7 +234,8 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
     from etcdmirror.daemon import DaemonOptions, run
     from etcdmirror.watcher import WatchSettings
     options = Options(reload=reload, event_log=event_log, auto_resync=not no_auto_resync,
-                      on_divergence=on_divergence, heartbeat_key=heartbeat_key)
+                      on_divergence=on_divergence, heartbeat_key=heartbeat_key,
+                      max_resync_deletes=max_resync_deletes)
     daemon = DaemonOptions(
         watch=WatchSettings(concurrency=watch_concurrency, stream=watch_stream,
                             idle_timeout=watch_idle_timeout),
@@ -224,20 +247,29 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog=URL_HELP + " Exit status (diff's convention): 0 identical, 1 different, 2 the "
-    "trees could not be compared (or a usage error).",
+    epilog=URL_HELP + " Exit status (diff's convention): 0 identical (with --plan: "
+    "nothing to write or delete), 1 different, 2 the trees could not be compared (or a "
+    "usage error).",
 )
 @click.option("-d", "--debug", is_flag=True, help="Show debug output.")
 @mapping_options
+@click.option("--plan", is_flag=True,
+              help="Print the writes and deletes a resync would make now (TTLs compared "
+              "as a resync does), how many replica keys it would delete, and whether an "
+              "automatic resync would be refused. Writes nothing.")
+@max_resync_deletes_option(
+    "With --plan: the mirror's --max-resync-deletes, to tell whether an automatic "
+    "resync would be refused.")
 @click.version_option(__version__, "--version", message="%(version)s")
 @cluster_arguments
 def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, ignore: Any,
+                plan: bool, max_resync_deletes: DeleteLimit,
                 src: Cluster, dst: Cluster, **sides: Any) -> None:
     """Compare the replica with a quorum snapshot of the source and print differences.
 
     Takes the same options as etcd-mirror; compares presence, dir-ness and value
     (not TTLs). Run it while the source is quiet for an exact answer: events in
-    flight show up as differences.
+    flight show up as differences. With --plan, print what a resync would do instead.
     """
     src, src_tls = resolve_side(src, "src", sides)
     dst, dst_tls = resolve_side(dst, "dst", sides)
@@ -246,7 +278,8 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
     from twisted.internet import task
     from etcdmirror.verify import verify_command
     task.react(verify_command, (src, dst, mapper, src_tls, dst_tls, click.echo,
-                                lambda line: click.echo(line, err=True)))
+                                lambda line: click.echo(line, err=True),
+                                plan, max_resync_deletes))
 
 
 @click.command(

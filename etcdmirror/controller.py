@@ -32,6 +32,7 @@ from etcdmirror.errors import EXIT_CRASH, EXIT_OK, EXIT_OPERATOR, MirrorFatal
 from etcdmirror.events import (
     ApplyError, Divergence, Event, ExpiredEarly, Outcome, WatchProgress, describe)
 from etcdmirror.gate import WriteGate
+from etcdmirror.guards import DEFAULT_MAX_RESYNC_DELETES, DeleteLimit, ResyncRefused
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import resync
@@ -65,6 +66,8 @@ class Options:
     on_divergence: str = "fail"
     #: The source key the mirror writes its heartbeat to (None: no heartbeat).
     heartbeat_key: Optional[str] = None
+    #: Replica keys an automatic resync (any but ``reload``) may delete.
+    max_resync_deletes: DeleteLimit = DEFAULT_MAX_RESYNC_DELETES
     #: How often the applied index is written.
     batch: BatchSettings = field(default_factory=BatchSettings)
 
@@ -201,7 +204,10 @@ class ReplicationController:
             if not self.options.reload:
                 log.warning("A resync (%s) was interrupted before it finished; "
                             "resuming it before replicating", interrupted)
-            yield self._resync("reload" if self.options.reload else "interrupted")
+            # The marker keeps the reason the resync was started for: one cut
+            # short that was an operator's reload is still one when finished.
+            yield self._resync("reload" if self.options.reload else "interrupted",
+                               started_as=None if self.options.reload else interrupted)
             return
         self.index = yield self.checkpoint.load()
         guards.check_not_rolled_back(self.index, src.etcd_index)
@@ -362,28 +368,42 @@ class ReplicationController:
             self._interruptible.cancel()
 
     @defer.inlineCallbacks
-    def _resync(self, reason: str):
-        """Reconcile the destination with a snapshot; the index becomes its index."""
+    def _resync(self, reason: str, started_as: Optional[str] = None):
+        """Reconcile the destination with a snapshot; the index becomes its index.
+
+        ``started_as``: the reason an interrupted resync was first started for.
+        """
         yield self._take_turn()
         try:
-            yield self._resync_in_turn(reason)
+            yield self._resync_in_turn(reason, started_as or reason)
         finally:
             self.gate.release()
 
     @defer.inlineCallbacks
-    def _resync_in_turn(self, reason: str):
+    def _resync_in_turn(self, reason: str, started_as: str):
         self.status.state = st.State.RELOADING if reason == "reload" else st.State.RESYNCING
         log.info("Re-loading the etcd data from the source cluster (%s)", reason)
         self.source.close()
         started = time.perf_counter()
         read_at = self.clock.seconds()
         yield self._retrying("marking the resync in progress", "destination",
-                             lambda: self.store.mark_resync(reason))
+                             lambda: self.store.mark_resync(started_as))
         try:
             # Each request of the resync is retried on its own; nothing else in
-            # it can fail for a transient reason.
-            report = yield resync(self.source, self.replica, self.mapper,
-                                  retry=self._retrying, log_writes=self.options.event_log)
+            # it can fail for a transient reason.  Only an operator's reload
+            # deletes past the limit, and only one given now reads an empty source.
+            report = yield resync(
+                self.source, self.replica, self.mapper, retry=self._retrying,
+                log_writes=self.options.event_log,
+                max_deletes=None if started_as == "reload" else self.options.max_resync_deletes,
+                refuse_empty_source=reason != "reload")
+        except ResyncRefused as e:
+            self.metrics.errors.labels(kind=type(e).__name__).inc()
+            what = reason if reason == started_as else f"{reason}, started as {started_as}"
+            raise MirrorFatal(
+                f"Resync ({what}) {e} Replication stopped; last applied index {self.index}. "
+                "The resync stays pending: every start without --reload checks again."
+            ) from None
         except etcd.EtcdException as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
             raise MirrorFatal(f"resync ({reason}) failed: {e}") from None

@@ -7,6 +7,11 @@ trees and write only the difference: keys that differ are overwritten in
 place, keys the source lacks are deleted, keys present on both sides are never
 removed.  Ignored keys are left exactly as they are.
 
+An automatic resync (any but an operator's ``--reload``) first counts the
+replica keys its plan would delete and refuses, before writing anything, when
+the source reads empty or the count is over ``--max-resync-deletes``
+(:func:`etcdmirror.guards.check_deletes`).
+
 The snapshots come from the two roles (:mod:`etcdmirror.roles`): the source's
 is read at one index, from which replication continues; the replica writer
 carries out the plan.
@@ -18,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 
+from etcdmirror.guards import DeleteLimit, Deletions, check_deletes
 from etcdmirror.keys import INDEX_ROOT, KeyMapper, is_under
 from etcdmirror.roles import ReplicaWriter, SourceReader
 
@@ -83,6 +89,13 @@ def _ttl_differs(a: NodeState, b: NodeState) -> bool:
     return a.ttl is not None and abs(a.ttl - b.ttl) > TTL_TOLERANCE
 
 
+def _ours(key: str, mapper: KeyMapper) -> bool:
+    """A destination key of the image, which a resync may write or delete."""
+    return (is_under(key, mapper.dst_root) and key != "/"
+            and not is_under(key, INDEX_ROOT)
+            and not mapper.ignored(mapper.to_src(key)))
+
+
 def make_plan(source: Dict[str, NodeState], destination: Dict[str, NodeState],
               mapper: KeyMapper, compare_ttl: bool = True) -> Plan:
     """Pure diff of two flattened trees (source keys, destination keys).
@@ -110,18 +123,13 @@ def make_plan(source: Dict[str, NodeState], destination: Dict[str, NodeState],
         elif not node.dir and have.value != node.value:
             plan.writes.append((key, node, have))
 
-    def ours(key: str) -> bool:
-        return (is_under(key, mapper.dst_root) and key != "/"
-                and not is_under(key, INDEX_ROOT)
-                and not mapper.ignored(mapper.to_src(key)))
-
     # A directory that holds an ignored key is never deleted as a whole.
     holds_kept = set()
     for key in destination:
-        if is_under(key, mapper.dst_root) and not ours(key):
+        if is_under(key, mapper.dst_root) and not _ours(key, mapper):
             holds_kept.update(_ancestors(key))
     for key in sorted(destination, key=_depth):
-        if key in wanted or not ours(key):
+        if key in wanted or not _ours(key, mapper):
             continue
         if covered.intersection(_ancestors(key)):
             continue
@@ -132,6 +140,28 @@ def make_plan(source: Dict[str, NodeState], destination: Dict[str, NodeState],
         if node.dir:
             covered.add(key)
     return plan
+
+
+def count_deletions(plan: Plan, source: Dict[str, NodeState],
+                    destination: Dict[str, NodeState], mapper: KeyMapper) -> Deletions:
+    """The keys (not directories) ``plan`` takes from the replica ``destination``.
+
+    A deleted directory takes every key below it (``plan.deletes`` holds only
+    the top one), and so does a directory that becomes a key; a key that
+    becomes a directory is gone too.
+    """
+    removed = {key for key, _ in plan.deletes}
+    removed.update(key for key, node, have in plan.writes
+                   if have is not None and have.dir != node.dir)
+    gone = sorted(key for key, node in destination.items()
+                  if removed and not node.dir
+                  and (key in removed or removed.intersection(_ancestors(key))))
+    return Deletions(
+        keys=gone,
+        replica_keys=sum(1 for key, node in destination.items()
+                         if not node.dir and _ours(key, mapper)),
+        source_keys=sum(1 for key, node in source.items()
+                        if not node.dir and not mapper.ignored(key)))
 
 
 #: How a resync runs each request: ``retry(what, side, operation)``.  The
@@ -147,19 +177,28 @@ def no_retry(what: str, side: str, operation: Callable[[], defer.Deferred]) -> d
 
 @defer.inlineCallbacks
 def resync(source: SourceReader, replica: ReplicaWriter, mapper: KeyMapper,
-           retry: Retry = no_retry, log_writes: bool = True):
-    """Reconcile the replica's image of the source prefix; fires with a :class:`ResyncReport`."""
+           retry: Retry = no_retry, log_writes: bool = True,
+           max_deletes: Optional[DeleteLimit] = None, refuse_empty_source: bool = False):
+    """Reconcile the replica's image of the source prefix; fires with a :class:`ResyncReport`.
+
+    Before writing anything, fails with :class:`~etcdmirror.guards.ResyncRefused`
+    when the plan deletes more replica keys than ``max_deletes`` allows (None:
+    no limit), or, with ``refuse_empty_source``, when the source has no key
+    while the replica would lose some.
+    """
     src = yield retry(f"resync: reading the source under {mapper.src_prefix!r}", "source",
                       source.snapshot)
     dst = yield retry(f"resync: reading the destination under {mapper.dst_root!r}",
                       "destination", replica.snapshot)
     plan = make_plan(src.nodes, dst.nodes, mapper)
+    deletions = count_deletions(plan, src.nodes, dst.nodes, mapper)
     log.info(
         "resync: source has %d nodes under %s at index %d; writing %d, deleting %d "
-        "on the destination under %s",
+        "on the destination under %s (the deletes take %s)",
         len(src.nodes), mapper.src_prefix, src.etcd_index, len(plan.writes),
-        len(plan.deletes), mapper.dst_root,
+        len(plan.deletes), mapper.dst_root, deletions.share(),
     )
+    check_deletes(deletions, max_deletes, refuse_empty_source, src.etcd_index, mapper)
     yield replica.write_plan(plan, retry, log_writes)
     return ResyncReport(src.etcd_index, src.cluster_id, len(src.nodes),
                         len(plan.writes), len(plan.deletes),

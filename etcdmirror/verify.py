@@ -9,8 +9,14 @@ events still in flight for divergence, so a round reads the source, waits
 until the mirror has applied up to that snapshot's index, reads the
 destination, reads the source again, and only counts keys that did not change
 on the source between the two source reads.
+
+``etcd-mirror-verify --plan`` prints instead what a resync would do now: the
+plan :func:`etcdmirror.resync.make_plan` makes for a resync (TTLs compared),
+the replica keys its deletes take, and whether the deletion guard would let an
+automatic resync carry it out (:func:`etcdmirror.guards.check_deletes`).
 """
 
+import bisect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
@@ -20,9 +26,11 @@ from twisted.internet.interfaces import IReactorTime
 
 from etcdmirror.client import EtcdClient
 from etcdmirror.endpoints import Cluster
+from etcdmirror.guards import (
+    DEFAULT_MAX_RESYNC_DELETES, DeleteLimit, ResyncRefused, check_deletes, n_keys)
 from etcdmirror.keys import KeyMapper
 from etcdmirror.periodic import Periodic
-from etcdmirror.resync import NodeState, make_plan
+from etcdmirror.resync import NodeState, Snapshot, count_deletions, make_plan
 from etcdmirror.roles import ReplicaWriter, SourceReader
 from etcdmirror.v2replica import V2ReplicaWriter
 from etcdmirror.v2source import V2SourceReader
@@ -71,11 +79,60 @@ def differences(source: Dict[str, NodeState], destination: Dict[str, NodeState],
     return sorted(out, key=lambda d: d.key)
 
 
+def _show_ttl(node: Optional[NodeState]) -> str:
+    ttl = node is not None and node.ttl is not None
+    return _show(node) + (f", TTL {node.ttl} s" if ttl else "")
+
+
+def plan_lines(src: Snapshot, dst: Snapshot, mapper: KeyMapper,
+               limit: DeleteLimit) -> List[str]:
+    """What a resync would do now, one line per write and delete, then a summary
+    and what the deletion guard would say of an automatic resync (pure).  No
+    lines: a resync would write and delete nothing."""
+    plan = make_plan(src.nodes, dst.nodes, mapper)
+    if not plan:
+        return []
+    deletions = count_deletions(plan, src.nodes, dst.nodes, mapper)
+    gone = list(deletions.keys)
+
+    def below(key: str) -> str:
+        # Sorted keys under KEY/ are contiguous; "0" is the character after "/".
+        count = bisect.bisect_left(gone, key + "0") - bisect.bisect_left(gone, key + "/")
+        return f" (a directory: {n_keys(count)} below it)"
+
+    lines = []
+    for key, node, have in plan.writes:
+        replaced = below(key) if have is not None and have.dir and not node.dir else ""
+        lines.append(f"write   {key}: {_show_ttl(node)} (destination: "
+                     f"{_show_ttl(have)}){replaced}")
+    for key, have in plan.deletes:
+        lines.append(f"delete  {key}{below(key) if have.dir else ''}")
+    lines.append(f"plan: {len(plan.writes)} writes, {len(plan.deletes)} deletes, taking "
+                 f"{deletions.share()} under {mapper.dst_root}; source snapshot at index "
+                 f"{src.etcd_index}")
+    try:
+        check_deletes(deletions, limit, True, src.etcd_index, mapper)
+    except ResyncRefused as e:
+        lines.append(f"an automatic resync would refuse it ({e.why}); "
+                     "etcd-mirror --reload would carry it out")
+    else:
+        lines.append(f"an automatic resync would carry it out (--max-resync-deletes "
+                     f"{limit}: up to {n_keys(limit.allowed(deletions.replica_keys))})")
+    return lines
+
+
+@defer.inlineCallbacks
+def read_both(source: SourceReader, replica: ReplicaWriter):
+    """Fires with the source's snapshot and then the replica's (quorum reads)."""
+    src = yield source.snapshot()
+    dst = yield replica.snapshot()
+    return src, dst
+
+
 @defer.inlineCallbacks
 def verify_once(source: SourceReader, replica: ReplicaWriter, mapper: KeyMapper):
     """Snapshot both sides (quorum reads) and compare them; fires with the list."""
-    src = yield source.snapshot()
-    dst = yield replica.snapshot()
+    src, dst = yield read_both(source, replica)
     return differences(src.nodes, dst.nodes, mapper)
 
 
@@ -138,13 +195,15 @@ class PeriodicVerifier:
 
 def verify_command(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
                    src_tls: Any, dst_tls: Any, echo: Callable[[str], None],
-                   echo_error: Callable[[str], None]) -> defer.Deferred:
-    """The body of ``etcd-mirror-verify``: print every difference.
+                   echo_error: Callable[[str], None], plan: bool = False,
+                   limit: DeleteLimit = DEFAULT_MAX_RESYNC_DELETES) -> defer.Deferred:
+    """The body of ``etcd-mirror-verify``: print every difference (``plan``: the
+    resync's plan, judged with ``limit``).
 
     Exits as ``diff`` does: the Deferred fires with None when the trees are
-    identical (exit 0), and fails with :class:`SystemExit` otherwise
-    (``task.react`` exits with it): 1 different, 2 the trees could not be
-    compared.
+    identical, or the plan empty (exit 0), and fails with :class:`SystemExit`
+    otherwise (``task.react`` exits with it): 1 different, 2 the trees could
+    not be compared.
     """
     source = V2SourceReader(EtcdClient(src, reactor, name="source", tls=src_tls),
                             mapper.src_prefix, reactor)
@@ -164,6 +223,19 @@ def verify_command(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
         echo_error(f"could not compare: {failure.getErrorMessage()}")
         raise SystemExit(UNCOMPARABLE)
 
+    def report_plan(snapshots: Any) -> None:
+        lines = plan_lines(*snapshots, mapper, limit)
+        for line in lines:
+            echo(line)
+        if lines:
+            raise SystemExit(DIFFERENT)
+        echo(f"nothing to write or delete: {src.display}{mapper.src_prefix} and "
+             f"{dst.display}{mapper.dst_root} are identical, TTLs included")
+
+    if plan:
+        d = read_both(source, replica)
+        d.addCallbacks(report_plan, failed)
+        return d
     d = verify_once(source, replica, mapper)
     d.addCallbacks(report, failed)
     return d

@@ -38,6 +38,11 @@ def assert_no_connection(sock):
     (["--port", "70000"], "--port"),
     (["--watch-idle-timeout", "0"], "--watch-idle-timeout"),
     (["--no-such-flag"], "--no-such-flag"),
+    (["--max-resync-deletes", "-1"], "--max-resync-deletes"),
+    (["--max-resync-deletes", "abc"], "--max-resync-deletes"),
+    (["--max-resync-deletes", "150%"], "--max-resync-deletes"),
+    (["--max-resync-deletes", "2.5"], "--max-resync-deletes"),
+    (["--max-resync-deletes", ""], "--max-resync-deletes"),
 ])
 def test_usage_errors_name_the_flag_and_exit_2(listener, args, flag):
     url, sock = listener
@@ -88,3 +93,16 @@ def test_check_config_validates_without_connecting(listener):
     result = run("--check-config", "--src-prefix", "relative", url, url)
     assert result.returncode == 2 and "--src-prefix" in result.stderr
     assert_no_connection(sock)
+
+
+@pytest.mark.parametrize("value", ["0", "250", "10%", "2.5%", "100%"])
+def test_max_resync_deletes_takes_a_count_or_a_percentage(listener, value):
+    url, sock = listener
+    result = run("--check-config", "--max-resync-deletes", value, url, url)
+    assert result.returncode == 0, result.stderr
+    assert_no_connection(sock)
+
+
+def test_max_resync_deletes_is_explained_in_help():
+    result = run("--help")
+    assert "--max-resync-deletes" in result.stdout and "10%" in result.stdout
