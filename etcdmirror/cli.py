@@ -164,7 +164,7 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
     "differences are written), then replicate from the snapshot's index.")
 @mapping_options
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="Port of the HTTP interface (/lag, /metrics, /status, /healthz).")
+              help="Port of the HTTP interface (/lag, /metrics, /status, /healthz, /wait).")
 @click.option("--listen-address", default="", metavar="ADDRESS",
               help="Address the HTTP interface binds to (default: all), e.g. 127.0.0.1.")
 @click.option("--no-auto-resync", is_flag=True,
