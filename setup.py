@@ -26,7 +26,8 @@ setup(
         "prometheus-client>=0.16",
         "click>=8.1",
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "trustme>=0.9"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6",
+                             "trustme>=0.9"]},
     entry_points={
         "console_scripts": [
             "etcd-mirror = etcdmirror.cli:main",

@@ -422,7 +422,8 @@ def test_kill_9_at_random_points_and_restart_without_reload(src, dst, mirror, tt
     # The index key is hidden, the fixtures' wipe leaves it: start clean.
     dst.delete("/__replication", recursive=True)
     src.set(PREFIX + "/seed", "1")
-    mirrors = [mirror(src.url, dst.url, "--reload", "--src-prefix", PREFIX)]
+    mirrors = [mirror(src.url, dst.url, "--reload", "--src-prefix", PREFIX,
+                      "--max-resync-deletes", "100%")]
 
     def stopped(m: Any, what: str) -> None:
         writer.stop.set()
@@ -480,7 +481,11 @@ def test_kill_9_at_random_points_and_restart_without_reload(src, dst, mirror, tt
             index_at_kill, pending = unpersisted_events(dst)
             # Restarted without --reload: it replays what the killed one applied
             # but did not persist, then catches up.
-            restarted = mirror(src.url, dst.url, "--src-prefix", PREFIX, healthy=False)
+            # TTLs run out on both sides while it is down: an automatic resync
+            # (ttl_expired) may rightly delete most of this small prefix, which
+            # the default --max-resync-deletes would refuse (tests/test_resync_guard.py).
+            restarted = mirror(src.url, dst.url, "--src-prefix", PREFIX,
+                               "--max-resync-deletes", "100%", healthy=False)
             mirrors.append(restarted)
             wait_for(lambda: restarted.proc.poll() is not None or restarted.healthy(),
                      timeout=30, message=f"restarted mirror #{n + 1} healthy ({where})")
