@@ -35,6 +35,7 @@ setup(
             "etcd-mirror-verify = etcdmirror.cli:verify_main",
             "etcd-mirror-freshness = etcdmirror.cli:freshness_main",
             "etcd-mirror-wait = etcdmirror.cli:wait_main",
+            "etcd-mirror-switchover = etcdmirror.cli:switchover_main",
         ]
     },
     classifiers=[

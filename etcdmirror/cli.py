@@ -18,6 +18,7 @@ from etcdmirror.endpoints import Cluster, EndpointError, parse_cluster
 from etcdmirror.guards import DEFAULT_MAX_RESYNC_DELETES, DeleteLimit
 from etcdmirror.keys import KeyMapper, PrefixError, compile_ignore, normalize_prefix
 from etcdmirror.logs import LEVELS
+from etcdmirror.switchplan import EPILOG as SWITCHOVER_EPILOG, switchover_options
 from etcdmirror.wait import DEFAULT_TIMEOUT, MAX_TIMEOUT, check_timeout
 
 log = logging.getLogger("etcdmirror")
@@ -364,6 +365,33 @@ def wait_main(index: int, timeout: float, host: str, port: int) -> None:
 
     sys.exit(wait_command(mirror_url(host, port), index, timeout, click.echo,
                           lambda line: click.echo(line, err=True)))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               epilog=URL_HELP + " " + SWITCHOVER_EPILOG)
+@click.option("-d", "--debug", is_flag=True, help="Show debug output.")
+@mapping_options
+@switchover_options
+@click.version_option(__version__, "--version", message="%(version)s")
+@cluster_arguments
+def switchover_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, ignore: Any,
+                    src: Cluster, dst: Cluster, **options: Any) -> None:
+    """Reverse a running A->B mirror into B->A without a --reload (planned switchover).
+
+    Give the running mirror's own SRC (A), DST (B), mapping and TLS options.
+    Checks that A is quiet, that the mirror applied A's index and that both
+    trees are equal, writes on A the keys a B->A mirror starts from, and
+    prints the next steps.
+    """
+    sides = {k: options.pop(k) for k in list(options) if k.startswith(("src_", "dst_"))}
+    src, src_tls = resolve_side(src, "src", dict(sides))
+    dst, dst_tls = resolve_side(dst, "dst", dict(sides))
+    setup_logging(debug, level=logging.WARNING)
+    mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
+    from twisted.internet import task
+    from etcdmirror.switchover import switchover_command
+    task.react(switchover_command, (src, dst, mapper, src_tls, dst_tls, options, sides,
+                                    click.echo, lambda line: click.echo(line, err=True)))
 
 
 def _check_heartbeat_key(key: str, mapper: KeyMapper) -> None:

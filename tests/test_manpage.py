@@ -20,6 +20,7 @@ COMMANDS = {
     "etcd-mirror-verify": "verify_main",
     "etcd-mirror-freshness": "freshness_main",
     "etcd-mirror-wait": "wait_main",
+    "etcd-mirror-switchover": "switchover_main",
 }
 
 

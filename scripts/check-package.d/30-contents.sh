@@ -19,10 +19,12 @@ dpkg-deb -c "$DEB" | awk '{print $6}' | sed 's#^\./#/#' >"$WORK/contents"
 dpkg-deb -c "$DEMO_DEB" | awk '{print $6}' | sed 's#^\./#/#' >"$WORK/contents-demo"
 problems=()
 for f in /usr/bin/etcd-mirror /usr/bin/etcd-mirror-verify /usr/bin/etcd-mirror-freshness \
-         /usr/bin/etcd-mirror-wait /lib/systemd/system/etcd-mirror@.service \
+         /usr/bin/etcd-mirror-wait /usr/bin/etcd-mirror-switchover \
+         /lib/systemd/system/etcd-mirror@.service \
          /usr/share/man/man1/etcd-mirror.1.gz /usr/share/man/man1/etcd-mirror-verify.1.gz \
          /usr/share/man/man1/etcd-mirror-freshness.1.gz \
-         /usr/share/man/man1/etcd-mirror-wait.1.gz /usr/share/doc/etcd-mirror/README.Debian \
+         /usr/share/man/man1/etcd-mirror-wait.1.gz \
+         /usr/share/man/man1/etcd-mirror-switchover.1.gz /usr/share/doc/etcd-mirror/README.Debian \
          /usr/share/doc/etcd-mirror/examples/etcd-mirror.example.conf \
          /usr/lib/python3/dist-packages/etcdmirror/cli.py /etc/etcd-mirror/; do
     grep -qxF "$f" "$WORK/contents" || problems+=("missing $f")
