@@ -19,46 +19,7 @@ from etcdmirror.controller import Options, ReplicationController, _Stopping
 from etcdmirror.events import Event, Outcome, UnknownAction
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
-
-
-class RecordingCheckpoint:
-    """Records index and horizon writes; answers nothing else."""
-
-    key = "/__replication/b"
-
-    def __init__(self):
-        self.puts = []
-
-    def write_index(self, index):
-        self.puts.append((self.key, str(index)))
-        return defer.succeed(None)
-
-    def write_horizon(self, index):
-        self.puts.append((self.key + ".replay-horizon", str(index)))
-        return defer.succeed(None)
-
-
-class QuietSource:
-    """A source reader whose watches never answer (until cancelled)."""
-
-    display = "http://s:1"
-
-    def __init__(self, **hooks):
-        self.waits = []
-
-    def follow(self, index):
-        pass
-
-    def close(self):
-        pass
-
-    def describe(self):
-        return {}
-
-    def next(self):
-        d = defer.Deferred(lambda d: self.waits.append("cancelled"))
-        self.waits.append(d)
-        return d
+from tests.fakes import QuietSource, RecordingCheckpoint
 
 
 def make(clock, checkpoint=None, replica=None, **batch):

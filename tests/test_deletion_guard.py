@@ -4,7 +4,7 @@ What a resync would delete is counted in replica keys (a deleted directory
 takes every key below it); an automatic resync over ``--max-resync-deletes``,
 or one that reads an empty source while the replica has keys, refuses before
 writing anything.  The controller is driven here with the in-memory roles of
-tests/test_roles.py; tests/test_resync_guard.py runs the same cases on etcd.
+tests/fakes.py; tests/test_resync_guard.py runs the same cases on etcd.
 """
 
 import re
@@ -16,8 +16,8 @@ from etcdmirror.guards import (
 from etcdmirror.keys import KeyMapper
 from etcdmirror.resync import NodeState, Snapshot, count_deletions, make_plan
 from etcdmirror.verify import plan_lines
-from tests.test_roles import MemoryCheckpoint
-from tests.test_roles import mirror as memory_mirror
+from tests.fakes import MemoryCheckpoint
+from tests.fakes import mirror as memory_mirror
 
 F = lambda v, ttl=None: NodeState(False, v, ttl)  # noqa: E731
 D = lambda ttl=None: NodeState(True, None, ttl)  # noqa: E731

@@ -14,6 +14,7 @@ from etcdmirror.errors import MirrorFatal
 from etcdmirror.events import Outcome
 from etcdmirror.keys import KeyMapper
 from etcdmirror.metrics import Metrics
+from tests.fakes import QuietSource, RecordingCheckpoint
 from tests.helpers import wait_for
 
 PREFIX = "/conftool"
@@ -100,35 +101,11 @@ def delivery(index):
 def test_an_event_at_or_below_the_applied_index_is_never_applied():
     """Duplicate or stale deliveries (e.g. after a reconnect) are dropped."""
     status = st.MirrorStatus("s", "d", "/a", "/b", "/__replication/b")
-    applied, puts = [], []
+    applied = []
 
     deliveries = [delivery(5), delivery(5), delivery(3), delivery(6)]
 
-    class Checkpoint:
-        key = "/__replication/b"
-
-        def write_index(self, index):
-            puts.append((self.key, str(index)))
-            return defer.succeed(None)
-
-        def write_horizon(self, index):
-            return defer.succeed(None)
-
-    class Source:
-        display = "http://s:1"
-
-        def __init__(self, **hooks):
-            pass
-
-        def follow(self, index):
-            pass
-
-        def close(self):
-            pass
-
-        def describe(self):
-            return {}
-
+    class Source(QuietSource):
         def next(self):
             if not deliveries:
                 c.stop()
@@ -140,11 +117,12 @@ def test_an_event_at_or_below_the_applied_index_is_never_applied():
             applied.append(event.modifiedIndex)
             return defer.succeed(Outcome.APPLIED)
 
-    c = ReplicationController(Source, Replica(), Checkpoint(), KeyMapper("/a", "/b"), status,
+    checkpoint = RecordingCheckpoint()
+    c = ReplicationController(Source, Replica(), checkpoint, KeyMapper("/a", "/b"), status,
                               Metrics(CollectorRegistry(), status, "u", "/b"), Clock(),
                               Options(batch=BatchSettings(persist_events=1)),
                               transient=is_transient)
     c.index = c.checkpoint.persisted_index = 4
     c._replicate()
     assert applied == [5, 6]
-    assert ("/__replication/b", "6") in puts
+    assert ("/__replication/b", "6") in checkpoint.puts
