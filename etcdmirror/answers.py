@@ -171,8 +171,8 @@ def _malformed(payload: Dict[str, Any]) -> Optional[str]:
     prev = payload.get("prevNode")
     if prev is not None and not isinstance(prev, dict):
         return "prevNode is not an object"
-    stack = [payload["node"]] + ([prev] if prev is not None else [])
-    top = True
+    top = payload["node"]
+    stack = [top] + ([prev] if prev is not None else [])
     while stack:
         node = stack.pop()
         if not isinstance(node, dict):
@@ -182,12 +182,13 @@ def _malformed(payload: Dict[str, Any]) -> Optional[str]:
             if value is not None and (not isinstance(value, kind)
                                       or (kind is int and isinstance(value, bool))):
                 return f"{field} is not a {kind.__name__}"
-        if "key" not in node and not (top and node.get("dir")):
+        if "key" not in node and not (node is top and node.get("dir")):
             return "a node without key"
-        if top and not isinstance(node.get("modifiedIndex", 0), int):
-            return "no modifiedIndex"
         stack.extend(node.get("nodes") or ())
-        top = False
+    # etcd gives every node but the keyspace's root a modifiedIndex; an event
+    # without one could not be ordered.
+    if "key" in top and top.get("modifiedIndex") is None:
+        return "a node without modifiedIndex"
     return None
 
 

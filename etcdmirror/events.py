@@ -21,7 +21,7 @@ class Node:
 
     ``key`` and ``modifiedIndex`` are None only for the root directory in a
     read: etcd leaves them out there, and gives every other node both (the
-    parser insists on the key only).
+    parser refuses an answer whose node has a key but no ``modifiedIndex``).
     """
 
     key: Optional[str]

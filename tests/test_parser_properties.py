@@ -44,6 +44,8 @@ def parse(body, code, etcd_index):
     assert isinstance(answer, Answer)
     event, result = answer.event, answer.result
     assert isinstance(event.action, str) and isinstance(event.modifiedIndex, (int, type(None)))
+    # Only the keyspace's root (no key) comes without an index to order it by.
+    assert event.key is None or isinstance(event.modifiedIndex, int)
     list(result.get_subtree())  # a usable tree, whatever the nesting
     # Our event and python-etcd's result read the answer the same way.
     for name in ("action", "key", "value", "ttl", "expiration", "modifiedIndex"):
@@ -90,6 +92,13 @@ def test_well_formed_answers_parse():
     assert answer.event.ttl == 5 and answer.event.modifiedIndex == 9
     assert parse(b"<html><body>502 Bad Gateway</body></html>", 502, None) is None
     assert parse(b"", 200, 5) is None
+    # An event etcd would never send: a key without modifiedIndex cannot be ordered.
+    assert parse(json.dumps({"action": "set", "node": {"key": "/a", "value": "1"}}).encode(),
+                 200, 9) is None
+    # The keyspace's root in a read has neither key nor modifiedIndex.
+    root = parse(json.dumps({"action": "get", "node": {"dir": True, "nodes": [
+        {"key": "/a", "value": "1", "modifiedIndex": 3}]}}).encode(), 200, 9)
+    assert root.event.key is None and root.event.modifiedIndex is None
 
 
 def test_error_mapping():
