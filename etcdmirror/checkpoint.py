@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from etcdmirror.errors import LostLease
 from etcdmirror.retry import Retrier
 from etcdmirror.roles import Checkpoint
 
@@ -55,13 +56,17 @@ class Checkpointer:
 
     def __init__(self, checkpoint: Checkpoint, clock: IReactorTime, retrying: Retrier,
                  applied_index: Callable[[], int], settings: Optional[BatchSettings] = None,
-                 running: Callable[[], bool] = lambda: True) -> None:
+                 running: Callable[[], bool] = lambda: True,
+                 on_lost: Callable[[str], None] = lambda reason: None) -> None:
+        """``on_lost(reason)``: a background write of the index found that this
+        mirror may no longer write (:class:`~etcdmirror.errors.LostLease`)."""
         self.checkpoint = checkpoint
         self.clock = clock
         self.settings = settings or BatchSettings()
         self._retrying = retrying
         self._applied_index = applied_index
         self._running = running
+        self._on_lost = on_lost
         #: The index last written (None: replication has not started).
         self.persisted_index: Optional[int] = None
         #: Events up to here may have been applied before the last crash.
@@ -150,6 +155,8 @@ class Checkpointer:
         try:
             yield self.checkpoint.write_index(index)
             self.persisted_index = index
+        except LostLease as e:
+            log.warning("index %d not written on the way out: %s", index, e)
         except Exception as e:
             log.warning("could not persist index %d on the way out: %s", index, e)
 
@@ -185,6 +192,9 @@ class Checkpointer:
 
         def failed(failure: Any) -> None:
             self._persisting = None
+            if failure.check(LostLease):
+                self._on_lost(failure.getErrorMessage())
+                return
             log.warning("could not persist index %d (will retry): %s", index,
                         failure.getErrorMessage())
             if self._running():

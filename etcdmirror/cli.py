@@ -7,137 +7,23 @@ starts and dies.  Exit statuses: 0 clean stop, 1 needs an operator (systemd:
 """
 
 import logging
-import re
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Optional
 
 import click
 
 from etcdmirror import __version__
-from etcdmirror.endpoints import Cluster, EndpointError, parse_cluster
-from etcdmirror.guards import DEFAULT_MAX_RESYNC_DELETES, DeleteLimit
-from etcdmirror.keys import KeyMapper, PrefixError, compile_ignore, normalize_prefix
+from etcdmirror.cliopts import (
+    cluster_arguments, cluster_callback, mapping_options, max_resync_deletes_option,
+    prefix_callback, resolve_side, side_options)
+from etcdmirror.endpoints import Cluster
+from etcdmirror.guards import DeleteLimit
+from etcdmirror.keys import KeyMapper
 from etcdmirror.logs import LEVELS
 from etcdmirror.switchplan import EPILOG as SWITCHOVER_EPILOG, switchover_options
 from etcdmirror.wait import DEFAULT_TIMEOUT, MAX_TIMEOUT, check_timeout
 
 log = logging.getLogger("etcdmirror")
-
-def _prefix(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    try:
-        normalize_prefix(value)
-    except PrefixError as e:
-        raise click.BadParameter(str(e)) from None
-    return value
-
-
-def _regex(ctx: click.Context, param: click.Parameter, value: Optional[str]):
-    try:
-        return compile_ignore(value)
-    except re.error as e:
-        raise click.BadParameter(f"invalid regular expression {value!r}: {e}") from None
-
-
-def _cluster(ctx: click.Context, param: click.Parameter, value: str) -> Cluster:
-    try:
-        return parse_cluster(value)
-    except EndpointError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def _delete_limit(ctx: click.Context, param: click.Parameter, value: str) -> DeleteLimit:
-    try:
-        return DeleteLimit.parse(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e)) from None
-
-
-def max_resync_deletes_option(help_text: str) -> Callable[[Callable], Callable]:
-    """``--max-resync-deletes N|N%``: shared by ``etcd-mirror`` and ``etcd-mirror-verify``."""
-    return click.option("--max-resync-deletes", default=str(DEFAULT_MAX_RESYNC_DELETES),
-                        show_default=True, metavar="N|N%", callback=_delete_limit,
-                        help=help_text)
-
-
-def mapping_options(f: Callable) -> Callable:
-    """What is mirrored where: shared by ``etcd-mirror`` and ``etcd-mirror-verify``."""
-    decorators = [
-        click.option("--strip", is_flag=True, help="Strip the source prefix from the keys."),
-        click.option("--src-prefix", default="/", show_default=True, callback=_prefix,
-                     help="Prefix to replicate from the source."),
-        click.option("--dst-prefix", default="/replica", show_default=True,
-                     callback=_prefix, help="Prefix to replicate to on the destination."),
-        click.option("--src-ignore-keys-regex", "ignore", default=None, metavar="REGEX",
-                     callback=_regex,
-                     help="Do not replicate source keys that fully match REGEX (the "
-                     "index still advances; the destination keys are never touched)."),
-    ]
-    for decorator in reversed(decorators):
-        f = decorator(f)
-    return f
-
-
-def side_options(side: str) -> Callable[[Callable], Callable]:
-    """Credentials and TLS options of one side (``src`` or ``dst``)."""
-    def decorate(f: Callable) -> Callable:
-        for name, what in (("key-file", "The private key of --{side}-cert-file (default: "
-                                        "in the same file)."),
-                           ("cert-file", "Client certificate (PEM) to show {SIDE} (mutual "
-                                         "TLS)."),
-                           ("ca-file", "CA certificates (PEM) to verify {SIDE}'s server "
-                                       "certificate with (default: the system's).")):
-            f = click.option(f"--{side}-{name}", type=click.Path(dir_okay=False), default=None,
-                             metavar="FILE",
-                             help=what.format(side=side, SIDE=side.upper()))(f)
-        return click.option(
-            f"--{side}-credentials-file", type=click.Path(dir_okay=False), default=None,
-            metavar="FILE",
-            help=f"Read 'user:password' for {side.upper()} from FILE (or from "
-            f"${CREDENTIALS_ENV[side]}) instead of the URL, so that the password is "
-            "not in the process list.")(f)
-    return decorate
-
-
-def cluster_arguments(f: Callable) -> Callable:
-    f = click.argument("dst", metavar="DST", callback=_cluster)(f)
-    f = click.argument("src", metavar="SRC", callback=_cluster)(f)
-    return side_options("src")(side_options("dst")(f))
-
-
-#: Environment variables that may carry 'user:password' for each side.
-CREDENTIALS_ENV = {"src": "ETCDMIRROR_SRC_CREDENTIALS", "dst": "ETCDMIRROR_DST_CREDENTIALS"}
-
-
-def with_credentials(cluster: Cluster, side: str, path: Optional[str]) -> Cluster:
-    """Credentials from a file or the environment; a usage error when unusable.
-
-    The file's content and the password are never echoed, only its path.
-    """
-    import dataclasses
-    import os
-
-    flag = f"--{side}-credentials-file"
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise click.BadParameter(f"cannot read {path!r}: {e.strerror}",
-                                     param_hint=f"'{flag}'") from None
-        origin = f"{path!r}"
-    elif os.environ.get(CREDENTIALS_ENV[side]):
-        text, origin = os.environ[CREDENTIALS_ENV[side]], f"${CREDENTIALS_ENV[side]}"
-    else:
-        return cluster
-    user, sep, password = text.partition(":")
-    if not sep or not user:
-        raise click.BadParameter(f"{origin} must hold 'user:password'",
-                                 param_hint=f"'{flag}'")
-    if cluster.username is not None:
-        raise click.BadParameter(f"credentials are given both in the URL and in {origin}",
-                                 param_hint=f"'{flag}'")
-    return dataclasses.replace(cluster, username=user, password=password)
-
 
 URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
             "user:password@host:port), or comma-separated lists of the endpoints of one "
@@ -208,6 +94,14 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
               type=click.FloatRange(0.1, 600),
               help="Re-register a watch that saw no event for this long, to learn the "
               "source's current index.")
+@click.option("--ha", is_flag=True,
+              help="Active/standby: run this same mirror on several hosts; only the one "
+              "holding the lock key <index key>.lock on the destination replicates, the "
+              "others wait (role \"standby\" in /status) and take over within about "
+              "--ha-ttl seconds after it dies, hangs or is cut off.")
+@click.option("--ha-ttl", default=None, metavar="SECONDS", type=click.IntRange(2, 3600),
+              help="TTL of the --ha lock [default: 10]. The active mirror writes only "
+              "within half of it after its last refresh.")
 @click.option("--check-config", is_flag=True,
               help="Validate the options and exit 0, without connecting to anything.")
 @click.version_option(__version__, "--version", message="%(version)s")
@@ -219,8 +113,11 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_stream: bool,
          watch_idle_timeout: float, check_config: bool, listen_address: str,
+         ha: bool, ha_ttl: Optional[int],
          src: Cluster, dst: Cluster, **sides: Any) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
+    if ha_ttl is not None and not ha:
+        raise click.BadParameter("only means something with --ha", param_hint="'--ha-ttl'")
     src, src_tls = resolve_side(src, "src", sides)
     dst, dst_tls = resolve_side(dst, "dst", sides)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
@@ -242,7 +139,7 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
                             idle_timeout=watch_idle_timeout),
         verify_interval=verify_interval, heartbeat_interval=heartbeat_interval,
         max_replica_age=max_replica_age, listen_address=listen_address,
-        src_tls=src_tls, dst_tls=dst_tls)
+        src_tls=src_tls, dst_tls=dst_tls, ha_ttl=(ha_ttl or 10) if ha else None)
     sys.exit(run(src, dst, mapper, dst_prefix, port, options, daemon))
 
 
@@ -296,17 +193,17 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
 @click.option("-c", "--critical", "--max-age", type=click.FloatRange(min=0), metavar="SECONDS",
               required=True, help="CRITICAL (exit 2) when the replica is older than this. "
               "--max-age is its old name.")
-@click.option("--dst-prefix", default="/replica", show_default=True, callback=_prefix,
+@click.option("--dst-prefix", default="/replica", show_default=True, callback=prefix_callback,
               help="The mirror's --dst-prefix.")
 @click.option("--heartbeat-key", default=None, metavar="KEY",
               help="The mirror's --heartbeat-key (a source key): read its replica instead "
               "of the freshness the mirror publishes.")
-@click.option("--src-prefix", default="/", show_default=True, callback=_prefix,
+@click.option("--src-prefix", default="/", show_default=True, callback=prefix_callback,
               help="The mirror's --src-prefix (with --heartbeat-key).")
 @click.option("--strip", is_flag=True, help="The mirror's --strip (with --heartbeat-key).")
 @side_options("dst")
 @click.version_option(__version__, "--version", message="%(version)s")
-@click.argument("dst", metavar="DST", callback=_cluster)
+@click.argument("dst", metavar="DST", callback=cluster_callback)
 def freshness_main(warning: Optional[float], critical: float, dst_prefix: str,
                    heartbeat_key: Optional[str], src_prefix: str, strip: bool, dst: Cluster,
                    **sides: Any) -> None:
@@ -407,26 +304,6 @@ def _check_heartbeat_key(key: str, mapper: KeyMapper) -> None:
         problem = "matches --src-ignore-keys-regex, so it would never be replicated"
     if problem:
         raise click.BadParameter(f"{key!r} {problem}", param_hint="'--heartbeat-key'")
-
-
-def resolve_side(cluster: Cluster, side: str, options: Dict[str, Any]) -> Tuple[Cluster, Any]:
-    """Credentials and TLS of one side: the cluster to use and its TLS policy (or None)."""
-    cluster = with_credentials(cluster, side, options.pop(f"{side}_credentials_file", None))
-    files = [options.pop(f"{side}_{name}", None) for name in ("ca_file", "cert_file", "key_file")]
-    if not any(files):
-        return cluster, None
-    from etcdmirror.tls import TLSConfigError, TLSFiles
-
-    if files[2] and not files[1]:
-        raise click.BadParameter("a key without a certificate", param_hint=f"'--{side}-key-file'")
-    if not all(e.scheme == "https" for e in cluster.endpoints):
-        raise click.BadParameter(f"TLS files given but {side.upper()} is not https://",
-                                 param_hint=f"'--{side}-ca-file'")
-    try:
-        return cluster, TLSFiles(*files).policy()
-    except TLSConfigError as e:
-        raise click.BadParameter(f"cannot use the TLS files: {e}",
-                                 param_hint=f"'--{side}-ca-file'/'--{side}-cert-file'") from None
 
 
 def setup_logging(debug: bool, level: int = logging.INFO) -> None:

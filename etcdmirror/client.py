@@ -31,6 +31,7 @@ from twisted.web.client import HTTPConnectionPool
 from etcdmirror.answers import Answer, BadResponse, StreamEnd, is_transient, parse_answer
 from etcdmirror.bodies import Aborted, Collector, EventLines
 from etcdmirror.endpoints import Cluster, Endpoint
+from etcdmirror.errors import LostLease
 from etcdmirror.events import WatchProgress
 from etcdmirror.transport import Transport
 from etcdmirror.watches import EventStream, PendingWatch, Registration
@@ -56,8 +57,11 @@ class EtcdClient:
         name: str = "etcd",
         probe_key: str = PROBE_KEY,
         tls: Optional[Any] = None,
+        fence: Optional[Any] = None,
     ) -> None:
+        """``fence``: checked before every write (:class:`etcdmirror.halock.Lease`)."""
         self.cluster = cluster
+        self.fence = fence
         #: The missing key :meth:`probe` reads: somewhere the credentials may
         #: read (a role limited to the prefix cannot read outside it).
         self.probe_key = probe_key
@@ -101,6 +105,7 @@ class EtcdClient:
         clear_ttl: bool = False,
         prev_exist: Optional[bool] = None,
         prev_value: Optional[str] = None,
+        prev_index: Optional[int] = None,
         refresh: bool = False,
     ) -> defer.Deferred:
         """PUT a node (set/create/update/compareAndSwap); fires with :class:`Answer`.
@@ -123,6 +128,8 @@ class EtcdClient:
             body.append(("prevExist", "true" if prev_exist else "false"))
         if prev_value is not None:
             body.append(("prevValue", prev_value))
+        if prev_index is not None:
+            body.append(("prevIndex", str(prev_index)))
         return self._request("PUT", key, [], body)
 
     def delete(
@@ -203,6 +210,18 @@ class EtcdClient:
 
     def _request(self, method: str, key: str, params: List[Tuple[str, str]],
                  form: Optional[List[Tuple[str, str]]] = None) -> defer.Deferred:
+        if self.fence is not None and method != "GET":
+            # As late as we can: right before the request is handed to the
+            # connection; LostLease fails the request before anything is sent.
+            try:
+                valid_until = self.fence.check(f"{method} {key!r}")
+            except LostLease:
+                return defer.fail()
+            what, request = self.transport.request(method, key, params, form,
+                                                   timeout=self.fence.write_timeout)
+            request.addCallback(self._read_response, what)
+            request.addBoth(self.fence.answered, what, valid_until)
+            return request
         what, request = self.transport.request(method, key, params, form)
         request.addCallback(self._read_response, what)
         return request

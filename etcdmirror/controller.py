@@ -17,7 +17,6 @@ into the same wall.
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import etcd
@@ -27,13 +26,14 @@ from twisted.internet.interfaces import IReactorTime
 from etcdmirror import guards
 from etcdmirror import status as st
 from etcdmirror.backoff import Backoff
-from etcdmirror.checkpoint import BatchSettings, Checkpointer
-from etcdmirror.errors import EXIT_CRASH, EXIT_OK, EXIT_OPERATOR, MirrorFatal
-from etcdmirror.events import (
-    ApplyError, Divergence, Event, ExpiredEarly, Outcome, WatchProgress, describe)
+from etcdmirror.checkpoint import Checkpointer
+from etcdmirror.errors import (
+    EXIT_CRASH, EXIT_OK, EXIT_OPERATOR, STEPPED_DOWN, LostLease, MirrorFatal)
+from etcdmirror.events import ApplyError, Divergence, Event, ExpiredEarly, WatchProgress, describe
 from etcdmirror.gate import WriteGate
-from etcdmirror.guards import DEFAULT_MAX_RESYNC_DELETES, DeleteLimit, ResyncRefused
+from etcdmirror.guards import ResyncRefused
 from etcdmirror.keys import KeyMapper
+from etcdmirror.loopoptions import Options, record_applied
 from etcdmirror.metrics import Metrics
 from etcdmirror.resync import resync
 from etcdmirror.retry import Retrier
@@ -44,32 +44,6 @@ log = logging.getLogger(__name__)
 
 class _Stopping(Exception):
     """Raised inside the loop once a stop was requested."""
-
-
-#: How the event log words each outcome (after 0.0.12's "Replicating key K at index N").
-EVENT_LOG_OUTCOMES = {Outcome.APPLIED: "applied",
-                      Outcome.REPLAYED: "replay, already in effect",
-                      Outcome.IGNORED: "ignored by regex",
-                      Outcome.TTL_REWRITE: "TTL rewrite"}
-
-
-@dataclass
-class Options:
-    """What the replication loop does (the daemon's own settings: :mod:`etcdmirror.daemon`)."""
-
-    reload: bool = False
-    #: One INFO line per event ("Replicating key K at index N (action, outcome)").
-    event_log: bool = True
-    #: On a cleared watch index: resync by ourselves (True) or exit 1 (False).
-    auto_resync: bool = True
-    #: A conditional event that fails on the destination: "fail" or "resync".
-    on_divergence: str = "fail"
-    #: The source key the mirror writes its heartbeat to (None: no heartbeat).
-    heartbeat_key: Optional[str] = None
-    #: Replica keys an automatic resync (any but ``reload``) may delete.
-    max_resync_deletes: DeleteLimit = DEFAULT_MAX_RESYNC_DELETES
-    #: How often the applied index is written.
-    batch: BatchSettings = field(default_factory=BatchSettings)
 
 
 class ReplicationController:
@@ -106,14 +80,23 @@ class ReplicationController:
         self.source = make_source(on_source_index=status.saw_source_index,
                                   on_registered=self._source_registered_a_watch)
         status.watch_info = self.source.describe
-        self.checkpoint = Checkpointer(checkpoint, clock, self._retrying, lambda: self.index,
-                                       self.options.batch, running=lambda: self._running)
         self.store = checkpoint
+        self._make_keeper = make_keeper
+        self._terms = 0
+        self._new_term()
+
+    def _new_term(self) -> None:
+        """Fresh replication state: at construction, and for each run after the
+        first (a mirror that stepped down and took over again, ``--ha``)."""
+        self.checkpoint = Checkpointer(self.store, self.clock, self._retrying,
+                                       lambda: self.index, self.options.batch,
+                                       running=lambda: self._running,
+                                       on_lost=self.step_down)
         #: Event writes, resyncs and TTL refreshes take turns on the destination.
         self.gate = WriteGate()
-        self.ttl = make_keeper(gate=self.gate, applied_index=lambda: self.index,
-                               on_dir_expired=self._ttl_dir_expired)
-        status.ttl_info = self.ttl.describe
+        self.ttl = self._make_keeper(gate=self.gate, applied_index=lambda: self.index,
+                                     on_dir_expired=self._ttl_dir_expired)
+        self.status.ttl_info = self.ttl.describe
         #: A resync asked for from outside the loop (the TTL keeper), by reason.
         self._resync_wanted: Optional[str] = None
         self._waiting_for_source = False
@@ -121,25 +104,42 @@ class ReplicationController:
         self.index = 0
         self.source_cluster_id: Optional[str] = None
         self._running = True
+        #: Why this run lost the right to write (``--ha``), once it did.
+        self._lost: Optional[str] = None
         self._interruptible: Optional[defer.Deferred] = None
 
     # -- lifecycle -----------------------------------------------------------
 
     @defer.inlineCallbacks
     def run(self):
-        """Replicate until stopped; fires with the process exit status."""
+        """Replicate until stopped; fires with the process exit status.
+
+        Or with :data:`~etcdmirror.errors.STEPPED_DOWN` once the mirror lost
+        the HA lock (:meth:`step_down`); it may then :meth:`run` again.
+        """
+        if self._terms:
+            self._new_term()
+        self._terms += 1
         try:
             yield self._start()
             yield self._replicate()
         except _Stopping:
             pass
-        except MirrorFatal as e:
-            return self._failed(str(e))
-        except etcd.EtcdException as e:
-            # Not transient and not expected: bad credentials, a role without
-            # the permission, an answer we cannot use.  The message names the
-            # request and the endpoint.
-            return self._failed(f"{e}; replication stopped, last applied index {self.index}")
+        except LostLease as e:
+            self._lost = self._lost or str(e)
+        except (MirrorFatal, etcd.EtcdException) as e:
+            if self._lost is not None:
+                # Found after the lock was lost: what another mirror wrote
+                # meanwhile is not this one's to judge.
+                log.info("after losing the HA lock: %s", e)
+            elif isinstance(e, MirrorFatal):
+                return self._failed(str(e))
+            else:
+                # Not transient and not expected: bad credentials, a role without
+                # the permission, an answer we cannot use.  The message names the
+                # request and the endpoint.
+                return self._failed(
+                    f"{e}; replication stopped, last applied index {self.index}")
         except Exception as e:  # a bug: say so loudly, let systemd restart us
             self._shutdown_io()
             self.status.state = st.State.FAILED
@@ -148,6 +148,11 @@ class ReplicationController:
                          exc_info=True)
             return EXIT_CRASH
         self._shutdown_io()
+        if self._lost is not None:
+            # Not one more write: the index stays where this run left it
+            # (behind what was applied), which the next holder replays from.
+            log.warning("stepping down: %s; last applied index %d", self._lost, self.index)
+            return STEPPED_DOWN
         yield self.checkpoint.close()
         self.status.state = st.State.STOPPED
         if self.checkpoint.persisted_index is None:
@@ -173,6 +178,15 @@ class ReplicationController:
         if self._interruptible is not None:
             self._interruptible.cancel()
 
+    def step_down(self, reason: str) -> None:
+        """This mirror lost the HA lock: stop at once, write nothing more."""
+        if self._lost is not None:
+            return
+        self._lost = reason
+        self._running = False
+        if self._interruptible is not None:
+            self._interruptible.cancel()
+
     def _shutdown_io(self) -> None:
         self.source.close()
         self.ttl.stop()
@@ -189,6 +203,8 @@ class ReplicationController:
         dst = yield self._retrying("probing the destination", "destination",
                                    self.replica.position)
         guards.check_not_a_loop(src.cluster_id, dst.cluster_id, self.mapper)
+        yield self._retrying("claiming the replication index", "destination",
+                             self.store.claim)
         self.source_cluster_id = src.cluster_id
         self.status.saw_source_index(src.etcd_index)
         recorded = None
@@ -327,21 +343,8 @@ class ReplicationController:
                 f"Replication stopped; last applied index {self.index}.") from None
         self.index = index
         self.checkpoint.applied()
-        self.metrics.write_latency.observe(time.perf_counter() - started)
-        self.metrics.replicated_events.inc()
-        self.metrics.events.labels(action=event.action, outcome=outcome.value).inc()
-        if outcome is Outcome.IGNORED:
-            self.metrics.ignored_events.inc()
-        elif outcome is Outcome.REPLAYED:
-            log.info("%s was already in effect on the destination (a replay, or a TTL "
-                     "that expired there first)", describe(event))
-        if self.options.event_log:
-            log.info("Replicating key %s at index %d (%s, %s)", event.key, index,
-                     event.action, EVENT_LOG_OUTCOMES[outcome])
-        self.status.replica_index = index
-        self.status.last_event_time = self.clock.seconds()
-        if event.key == self.options.heartbeat_key and event.action in ("set", "update"):
-            self.status.heartbeat_time = st.parse_heartbeat(event.value)
+        record_applied(event, outcome, time.perf_counter() - started, self.status,
+                       self.metrics, self.clock, self.options)
 
     @defer.inlineCallbacks
     def _index_cleared(self, error: Exception):

@@ -8,7 +8,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, List
+from typing import Any, Callable, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.error import CannotListenError
@@ -20,11 +20,13 @@ from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.endpoints import Cluster
 from etcdmirror.errors import EXIT_OK, EXIT_OPERATOR
 from etcdmirror.freshness import FreshnessTracker, Heartbeat
+from etcdmirror.ha import HaSupervisor
+from etcdmirror.halock import HaLock, HaSettings, Lease, holder_name
 from etcdmirror.indexstore import IndexStore
 from etcdmirror.keys import KeyMapper, probe_key
 from etcdmirror.metrics import Metrics
 from etcdmirror.sdnotify import Notifier, SystemdReporter
-from etcdmirror.status import MirrorStatus
+from etcdmirror.status import MirrorStatus, Role
 from etcdmirror.transport import make_pool
 from etcdmirror.ttlkeeper import CONCURRENCY as TTL_CONCURRENCY
 from etcdmirror.ttlkeeper import TtlKeeper
@@ -61,6 +63,8 @@ class DaemonOptions:
     #: TLS policies (IPolicyForHTTPS) per side; None: the system's trust store.
     src_tls: Any = None
     dst_tls: Any = None
+    #: ``--ha``: the lock's TTL in seconds (None: no HA, always active).
+    ha_ttl: Optional[int] = None
 
 
 def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port: int,
@@ -80,11 +84,16 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     source = EtcdClient(src, reactor, make_pool(reactor, connections),
                         name="source", probe_key=probe_key(mapper.src_prefix),
                         tls=daemon.src_tls)
+    ha = None if daemon.ha_ttl is None else HaSettings(ttl=daemon.ha_ttl)
+    # --ha: every write to the destination checks the lease first.
+    lease = None if ha is None else Lease(IndexStore.lock_key_for(mapper), ha)
     destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination",
-                             probe_key=IndexStore.probe_key_for(mapper), tls=daemon.dst_tls)
+                             probe_key=IndexStore.probe_key_for(mapper), tls=daemon.dst_tls,
+                             fence=lease)
+    store = IndexStore(destination, mapper, exclusive=ha is not None)
     controller = ReplicationController(
         partial(V2SourceReader, source, mapper.src_prefix, reactor, daemon.watch),
-        V2ReplicaWriter(destination, mapper), IndexStore(destination, mapper),
+        V2ReplicaWriter(destination, mapper), store,
         mapper, status, metrics, reactor, options, transient=is_transient,
         make_keeper=partial(TtlKeeper, source, destination, mapper, reactor, metrics=metrics))
     try:
@@ -98,6 +107,22 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
              listening.getHost().port,
              f" (address {daemon.listen_address})" if daemon.listen_address else "")
 
+    side_jobs = _side_jobs(reactor, source, controller, status, options, daemon)
+    runner: Any = controller
+    if ha is None:
+        for start, _ in side_jobs:
+            reactor.callWhenRunning(start)
+    else:
+        # The lock's requests have their own connections and no fence.
+        lock_client = EtcdClient(dst, reactor, make_pool(reactor, 2), name="destination",
+                                 timeout=ha.refresh_interval, tls=daemon.dst_tls)
+        lock = HaLock(lock_client, store.lock_key, holder_name(listening.getHost().port),
+                      lease, reactor, ha)
+        runner = HaSupervisor(lock, controller, status, metrics, reactor,
+                              on_role=partial(_follow_role, side_jobs))
+        log.info("--ha: this mirror is %s; it replicates while it holds %s (TTL %d s)",
+                 lock.holder, lock.key, ha.ttl)
+
     exit_code: List[int] = []
 
     def finished(code: int) -> None:
@@ -107,7 +132,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
 
     def shutdown(signum: int) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
-        controller.stop()
+        runner.stop()
         # Never hang on a request in hand: what was not acknowledged is
         # simply replayed at the next start.
         reactor.callLater(STOP_GRACE_SECONDS, finished, EXIT_OK)
@@ -118,15 +143,30 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
 
-    reactor.callWhenRunning(lambda: controller.run().addBoth(finished))
-    _start_side_jobs(reactor, source, controller, status, options, daemon)
+    reactor.callWhenRunning(lambda: runner.run().addBoth(finished))
+    _start_systemd_reporter(reactor, status)
     reactor.run(installSignalHandlers=False)
     return exit_code[0] if exit_code else EXIT_OK
 
 
-def _start_side_jobs(reactor: Any, source: EtcdClient, controller: ReplicationController,
-                     status: MirrorStatus, options: Options, daemon: DaemonOptions) -> None:
-    """Freshness, the opt-in heartbeat, systemd notify and the periodic verify."""
+def _follow_role(side_jobs: List[Tuple[Callable[[], None], Callable[[], None]]],
+                 role: Role) -> None:
+    """--ha: the jobs that write or compare run on the active mirror only."""
+    for start, stop in side_jobs:
+        (start if role is Role.ACTIVE else stop)()
+
+
+def _start_systemd_reporter(reactor: Any, status: MirrorStatus) -> None:
+    notifier = Notifier()
+    systemd = SystemdReporter(notifier, status, reactor)
+    reactor.callWhenRunning(systemd.start)
+    reactor.addSystemEventTrigger("before", "shutdown", systemd.stop)
+
+
+def _side_jobs(reactor: Any, source: EtcdClient, controller: ReplicationController,
+               status: MirrorStatus, options: Options, daemon: DaemonOptions
+               ) -> List[Tuple[Callable[[], None], Callable[[], None]]]:
+    """Freshness, the opt-in heartbeat and the periodic verify: (start, stop) each."""
 
     def fresh(as_of: Any) -> None:
         status.fresh_as_of = as_of.time
@@ -134,16 +174,11 @@ def _start_side_jobs(reactor: Any, source: EtcdClient, controller: ReplicationCo
     tracker = FreshnessTracker(controller.source, controller.store, reactor,
                                daemon.heartbeat_interval, lambda: controller.index,
                                on_fresh=fresh)
-    reactor.callWhenRunning(tracker.start)
+    jobs = [(tracker.start, tracker.stop)]
     if options.heartbeat_key:
         heartbeat = Heartbeat(source, options.heartbeat_key, reactor,
                               daemon.heartbeat_interval)
-        reactor.callWhenRunning(heartbeat.start)
-
-    notifier = Notifier()
-    systemd = SystemdReporter(notifier, status, reactor)
-    reactor.callWhenRunning(systemd.start)
-    reactor.addSystemEventTrigger("before", "shutdown", systemd.stop)
+        jobs.append((heartbeat.start, heartbeat.stop))
 
     if daemon.verify_interval > 0:
         def report(found: List[Any]) -> None:
@@ -156,4 +191,5 @@ def _start_side_jobs(reactor: Any, source: EtcdClient, controller: ReplicationCo
 
         verifier = PeriodicVerifier(controller.source, controller.replica, controller.mapper,
                                     reactor, lambda: controller.index, report)
-        reactor.callWhenRunning(verifier.start, daemon.verify_interval)
+        jobs.append((partial(verifier.start, daemon.verify_interval), verifier.stop))
+    return jobs

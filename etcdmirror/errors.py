@@ -13,3 +13,17 @@ class MirrorFatal(Exception):
 
     The message says what happened (key, index, cause) and what to do.
     """
+
+
+#: Not a process exit status: :meth:`ReplicationController.run` fires with it
+#: when the mirror lost the HA lock and stepped down (:mod:`etcdmirror.ha`).
+STEPPED_DOWN = -1
+
+
+class LostLease(Exception):
+    """This mirror no longer holds the HA lock: it must not write the destination.
+
+    Raised before a write is sent (the lease ran out on this host's clock) or
+    when the index key was written by another mirror since we last did.
+    Never retried: the holder steps down to standby.
+    """

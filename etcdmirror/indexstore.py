@@ -16,30 +16,53 @@ continue from an index we wrote and we from one it wrote:
 * ``<index>.fresh-as-of``: when the replica was last known identical to the
   source (:mod:`etcdmirror.freshness`);
 * ``<index>.probe``: never written; reading it tells the destination's index
-  (credentials limited to the index keys may read it).
+  (credentials limited to the index keys may read it);
+* ``<index>.lock``: the HA lock (``--ha``, :mod:`etcdmirror.halock`).
+
+With ``--ha`` the store is *exclusive*: :meth:`IndexStore.claim` rewrites the
+index and the horizon as they are, and every later write of either is a
+compare-and-swap on the ``modifiedIndex`` we last left them at.  A mirror
+that lost the lock while frozen then cannot move the index or the horizon
+once the new holder has claimed them: its write fails, and it steps down.
 
 Every sibling key's name is here and nowhere else.
 """
+
+from typing import Dict, Optional
 
 import etcd
 from twisted.internet import defer
 
 from etcdmirror.client import EtcdClient
-from etcdmirror.errors import MirrorFatal
+from etcdmirror.errors import LostLease, MirrorFatal
 from etcdmirror.keys import KeyMapper
+
+#: A claim that keeps losing its compare-and-swap: someone keeps writing.
+CLAIM_TRIES = 5
 
 
 class IndexStore:
     """The :class:`~etcdmirror.roles.Checkpoint` on an etcd v2 destination (no retries here)."""
 
-    def __init__(self, destination: EtcdClient, mapper: KeyMapper) -> None:
+    def __init__(self, destination: EtcdClient, mapper: KeyMapper,
+                 exclusive: bool = False) -> None:
         self.destination = destination
+        self.exclusive = exclusive
+        #: Exclusive: the ``modifiedIndex`` of each claimed key as we last left
+        #: it (None: absent).
+        self._versions: Dict[str, Optional[int]] = {}
         self.key = mapper.index_key
         self.source_id_key = self.key + ".source-cluster-id"
         self.resync_marker_key = self.key + ".resync-in-progress"
         self.horizon_key = self.key + ".replay-horizon"
         self.fresh_as_of_key = self.key + ".fresh-as-of"
+        self.lock_key = self.lock_key_for(mapper)
         self.probe_key = self.probe_key_for(mapper)
+
+    @staticmethod
+    def lock_key_for(mapper: KeyMapper) -> str:
+        """The HA lock's key (``--ha``)."""
+        return mapper.index_key + ".lock"
 
     @staticmethod
     def probe_key_for(mapper: KeyMapper) -> str:
@@ -63,7 +86,7 @@ class IndexStore:
 
     def write_index(self, index: int) -> defer.Deferred:
         """Fires once the index is written."""
-        return self.destination.put(self.key, str(index))
+        return self._write_claimed(self.key, str(index))
 
     @defer.inlineCallbacks
     def read_horizon(self):
@@ -76,7 +99,60 @@ class IndexStore:
 
     def write_horizon(self, index: int) -> defer.Deferred:
         """Fires once the replay horizon is written."""
-        return self.destination.put(self.horizon_key, str(index))
+        return self._write_claimed(self.horizon_key, str(index))
+
+    @defer.inlineCallbacks
+    def claim(self):
+        """Exclusive: make the index and the horizon ours (see the module docstring).
+
+        Fires with None; does nothing unless exclusive.
+        """
+        if self.exclusive:
+            for key in (self.key, self.horizon_key):
+                yield self._claim(key)
+
+    @defer.inlineCallbacks
+    def _claim(self, key: str):
+        for _ in range(CLAIM_TRIES):
+            node = yield self.destination.get_or_none(key)
+            if node is None:
+                self._versions[key] = None
+                return
+            try:
+                answer = yield self.destination.put(key, node.value,
+                                                    prev_index=node.modifiedIndex)
+            except etcd.EtcdCompareFailed:
+                continue  # written between our read and our write: look again
+            self._versions[key] = answer.event.modifiedIndex
+            return
+        raise LostLease(f"{key} on the destination keeps changing while this mirror claims "
+                        "it: another mirror is writing it")
+
+    @defer.inlineCallbacks
+    def _write_claimed(self, key: str, value: str):
+        if not self.exclusive:
+            answer = yield self.destination.put(key, value)
+            return answer
+        if key not in self._versions:
+            yield self._claim(key)
+        version = self._versions[key]
+        try:
+            if version is None:
+                answer = yield self.destination.put(key, value, prev_exist=False)
+            else:
+                answer = yield self.destination.put(key, value, prev_index=version)
+        except (etcd.EtcdCompareFailed, etcd.EtcdAlreadyExist, etcd.EtcdKeyNotFound):
+            node = yield self.destination.get_or_none(key)
+            if node is not None and node.value == value:
+                # Our own earlier try landed; its answer was lost.
+                self._versions[key] = node.modifiedIndex
+                return None
+            found = "no key" if node is None else repr(node.value)
+            raise LostLease(f"{key} was changed by another mirror since this one last wrote "
+                            f"it (found {found}, was writing {value!r}): another mirror holds "
+                            "the HA lock") from None
+        self._versions[key] = answer.event.modifiedIndex
+        return answer
 
     def read_source_id(self) -> defer.Deferred:
         """Fires with the recorded X-Etcd-Cluster-Id of the source, or None."""

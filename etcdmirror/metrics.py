@@ -21,7 +21,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from etcdmirror.events import ACTIONS, Outcome
-from etcdmirror.status import MirrorStatus, State
+from etcdmirror.status import MirrorStatus, Role, State
 
 NAMESPACE = "etcdmirror"
 
@@ -129,6 +129,15 @@ class Metrics:
         for each in State:
             state.labels(state=each.value).set_function(
                 lambda each=each: float(status.state is each))
+        role = Gauge("role", "1 for this mirror's role: active (writes the replica) or "
+                     "standby (--ha: waits for the lock)", ["role"], **ns)
+        for each in Role:
+            role.labels(role=each.value).set_function(
+                lambda each=each: float(status.role is each))
+        self.ha_takeovers = Counter(
+            "ha_takeovers", "Times this mirror took the HA lock and became active", **ns)
+        self.ha_stepdowns = Counter(
+            "ha_stepdowns", "Times this mirror lost the HA lock and stepped down", **ns)
         last_event = Gauge(
             "last_event_timestamp_seconds", "When the last event was applied", **ns)
         last_event.set_function(lambda: status.last_event_time or 0.0)

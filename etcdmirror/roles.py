@@ -93,6 +93,10 @@ class Checkpoint(Protocol):
     #: The index key's name, for messages.
     key: str
 
+    def claim(self) -> defer.Deferred:
+        """Make the record this mirror's alone (``--ha``): a mirror that wrote it
+        before can no longer move it.  Fires with None; may do nothing."""
+
     def read_index(self) -> defer.Deferred:
         """Fires with the recorded index; fails with MirrorFatal when there is none."""
 

@@ -18,9 +18,18 @@ class State(Enum):
     RESYNCING = "resyncing"
     REPLICATING = "replicating"
     RETRYING = "retrying"
+    #: ``--ha``: another host holds the lock; this one waits to take over.
+    STANDBY = "standby"
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+
+
+class Role(Enum):
+    """Whether this mirror writes the replica (``--ha``: only the lock's holder does)."""
+
+    ACTIVE = "active"
+    STANDBY = "standby"
 
 
 def parse_heartbeat(text: Optional[str]) -> Optional[float]:
@@ -42,6 +51,8 @@ class MirrorStatus:
     index_key: str
     version: str = ""
     state: State = State.STARTING
+    #: Without ``--ha`` always active.
+    role: Role = Role.ACTIVE
     source_index: int = 0
     replica_index: int = 0
     last_error: Optional[str] = None
@@ -69,6 +80,8 @@ class MirrorStatus:
     watch_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
     #: The TTL keeper's counts (its :meth:`~etcdmirror.ttlkeeper.TtlKeeper.describe`).
     ttl_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
+    #: ``--ha``: the lock (its :meth:`~etcdmirror.halock.HaLock.describe`).
+    ha_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
 
     @property
     def lag(self) -> int:
@@ -101,6 +114,9 @@ class MirrorStatus:
 
     @property
     def healthy(self) -> bool:
+        """Replicating and fresh; a standby that can see the lock is healthy too."""
+        if self.state is State.STANDBY:
+            return self.checks_passed
         return self.state is State.REPLICATING and not self.stale
 
     def saw_source_index(self, index: Optional[int]) -> None:
@@ -114,6 +130,7 @@ class MirrorStatus:
     def as_dict(self) -> Dict[str, Any]:
         return {
             "state": self.state.value,
+            "role": self.role.value,
             "healthy": self.healthy,
             "version": self.version,
             "source": {"endpoints": self.source, "prefix": self.src_prefix},
@@ -135,4 +152,5 @@ class MirrorStatus:
             "loop_heartbeat": self.loop_heartbeat,
             "watch": self.watch_info() if self.watch_info is not None else None,
             "ttl": self.ttl_info() if self.ttl_info is not None else None,
+            "ha": self.ha_info() if self.ha_info is not None else None,
         }

@@ -74,10 +74,12 @@ class Transport:
         key: str,
         params: List[Tuple[str, str]],
         form: Optional[List[Tuple[str, str]]] = None,
+        timeout: Optional[float] = None,
     ) -> Tuple[str, defer.Deferred]:
         """Send a request for ``key``; ``form`` is sent url-encoded.
 
-        Returns what names the request in errors, and a Deferred that fires
+        ``timeout`` replaces the client's own for this request.  Returns what
+        names the request in errors, and a Deferred that fires
         with the response as soon as its headers are in (the body is the
         caller's to read) or fails with an etcd error.
         """
@@ -97,12 +99,12 @@ class Transport:
             data=data,
             headers=headers,
             auth=self.cluster.auth,
-            timeout=self.timeout,
+            timeout=self.timeout if timeout is None else timeout,
             unbuffered=True,
             allow_redirects=False,
             reactor=self.reactor,
         )
-        d.addErrback(self._failed, what)
+        d.addErrback(self._failed, what, self.timeout if timeout is None else timeout)
         return what, d
 
     def connection_lost(self, what: str, doing: str, failure: Failure) -> EtcdUnavailable:
@@ -113,7 +115,7 @@ class Transport:
             cause=failure.value,
         )
 
-    def _failed(self, failure: Failure, what: str) -> Failure:
+    def _failed(self, failure: Failure, what: str, timeout: float) -> Failure:
         tls_problem = _tls_problem(failure.value)
         if tls_problem is not None:
             # Retrying cannot fix a certificate: stop with the reason.
@@ -124,7 +126,7 @@ class Transport:
         if _cancelled(failure):
             # treq cancels a request whose headers did not come in time; Twisted
             # wraps that in ResponseNeverReceived.
-            raise EtcdTimeout(f"{what}: no answer within {self.timeout:g}s", cause=cause)
+            raise EtcdTimeout(f"{what}: no answer within {timeout:g}s", cause=cause)
         raise EtcdUnavailable(f"{what}: {_describe_exception(cause)}", cause=cause)
 
 
