@@ -62,6 +62,10 @@ class HaSupervisor:
                 yield self.lock.release()
                 return code
             self.metrics.ha_stepdowns.inc()
+            # Stepped down for what the controller found (the index key
+            # written by another mirror), the lock may still be ours: give
+            # it back, and compete for it again like any standby.
+            yield self.lock.release()
             log.warning("stepped down to standby; another mirror may now take over")
             self._told_holder = None
         return EXIT_OK
