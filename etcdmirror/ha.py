@@ -92,6 +92,10 @@ class HaSupervisor:
         """Look at the lock every poll interval; fires with True once it is ours."""
         self._set_role(st.Role.STANDBY)
         self.status.state = st.State.STANDBY
+        # The replica's age is the active mirror's to tell; a standby's own
+        # last view would only grow old (and page someone).
+        self.status.fresh_as_of = None
+        self.status.heartbeat_time = None
         while self._running:
             try:
                 acquired = yield self.lock.try_acquire()
