@@ -62,12 +62,15 @@ class HaSupervisor:
                 yield self.lock.release()
                 return code
             self.metrics.ha_stepdowns.inc()
+            self._become_standby()
             # Stepped down for what the controller found (the index key
             # written by another mirror), the lock may still be ours: give
-            # it back, and compete for it again like any standby.
+            # it back, and let the others take it first: compete again
+            # only after a TTL.
             yield self.lock.release()
             log.warning("stepped down to standby; another mirror may now take over")
             self._told_holder = None
+            yield self._sleep(self.lock.settings.ttl)
         return EXIT_OK
 
     def stop(self) -> None:
@@ -83,6 +86,14 @@ class HaSupervisor:
             self.status.role = role
             self.on_role(role)
 
+    def _become_standby(self) -> None:
+        self._set_role(st.Role.STANDBY)
+        self.status.state = st.State.STANDBY
+        # The replica's age is the active mirror's to tell; a standby's own
+        # last view would only grow old (and page someone).
+        self.status.fresh_as_of = None
+        self.status.heartbeat_time = None
+
     def _lost(self, reason: str) -> None:
         log.warning("lost the HA lock: %s", reason)
         self.controller.step_down(reason)
@@ -90,35 +101,41 @@ class HaSupervisor:
     @defer.inlineCallbacks
     def _standby(self):
         """Look at the lock every poll interval; fires with True once it is ours."""
-        self._set_role(st.Role.STANDBY)
-        self.status.state = st.State.STANDBY
-        # The replica's age is the active mirror's to tell; a standby's own
-        # last view would only grow old (and page someone).
-        self.status.fresh_as_of = None
-        self.status.heartbeat_time = None
+        self._become_standby()
         while self._running:
             try:
                 acquired = yield self.lock.try_acquire()
             except Exception as e:  # the destination is away: keep looking
                 self.status.error(f"standby: could not read the HA lock {self.lock.key}: {e}")
                 log.warning("standby: could not read the HA lock %s: %s", self.lock.key, e)
+                # Unhealthy: this standby could not take over now.
+                self.status.checks_passed = False
                 acquired = False
             else:
                 # Looking at the lock works: ready to take over (systemd READY).
                 self.status.checks_passed = True
             self.status.loop_heartbeat = self.clock.seconds()
+            if acquired and not self._running:
+                yield self.lock.release()  # stopped while that look took it
+                return False
             if acquired:
                 return True
             holder = self.lock.seen_holder
             if holder is not None and holder != self._told_holder:
                 log.info("standby: the HA lock %s is held by %s", self.lock.key, holder)
                 self._told_holder = holder
-            self._sleeping = task.deferLater(self.clock, self.lock.settings.poll_interval,
-                                             lambda: None)
-            try:
-                yield self._sleeping
-            except defer.CancelledError:
-                pass
-            finally:
-                self._sleeping = None
+            yield self._sleep(self.lock.settings.poll_interval)
         return False
+
+    @defer.inlineCallbacks
+    def _sleep(self, seconds: float):
+        """Wait, unless stopped meanwhile (:meth:`stop` cuts it short)."""
+        if not self._running:
+            return
+        self._sleeping = task.deferLater(self.clock, seconds, lambda: None)
+        try:
+            yield self._sleeping
+        except defer.CancelledError:
+            pass
+        finally:
+            self._sleeping = None

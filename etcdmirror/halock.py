@@ -164,6 +164,11 @@ class HaLock:
         the destination a (failing) write each time.
         """
         node = yield self.client.get_or_none(self.key)
+        if node is not None and node.value == self.holder and not self._holding:
+            # Ours already: a create whose answer was lost.  A refresh (by
+            # compare-and-swap on our value) makes it ours with a fresh lease.
+            adopted = yield self._adopt(node.createdIndex)
+            return adopted
         if node is not None:
             self.seen_holder = node.value
             return False
@@ -175,6 +180,21 @@ class HaLock:
             return False
         self.seen_holder = None
         self.epoch = answer.event.modifiedIndex
+        self._holding = True
+        self._renewed(sent)
+        self._refresh_later()
+        return True
+
+    @defer.inlineCallbacks
+    def _adopt(self, epoch: int):
+        sent = self.lease.now()
+        try:
+            yield self.client.put(self.key, ttl=self.settings.ttl, refresh=True,
+                                           prev_value=self.holder)
+        except (etcd.EtcdCompareFailed, etcd.EtcdKeyNotFound):
+            return False
+        self.seen_holder = None
+        self.epoch = epoch
         self._holding = True
         self._renewed(sent)
         self._refresh_later()
@@ -209,9 +229,16 @@ class HaLock:
                                                    self._refresh)
 
     def _check_deadline(self) -> None:
-        if self._holding and not self.lease.held:
-            self._lost(f"could not refresh the HA lock {self.key} before the lease ran out "
-                       f"({self.settings.lease:g} s after the last refresh was sent)")
+        if not self._holding:
+            return
+        if self.lease.held:
+            # The timer runs on the reactor's (wall) clock, the lease on the
+            # monotonic one: after a wall-clock step, look again when due.
+            remaining = max(0.0, self.lease.valid_until - self.lease.now())
+            self._deadline_timer = self.clock.callLater(remaining, self._check_deadline)
+            return
+        self._lost(f"could not refresh the HA lock {self.key} before the lease ran out "
+                   f"({self.settings.lease:g} s after the last refresh was sent)")
 
     @defer.inlineCallbacks
     def _refresh(self):
