@@ -41,7 +41,7 @@ INDEX_TEXT = b"""etcd-mirror
 WAIT_POLL_INTERVAL = 0.05
 #: States from which the mirror will not move on: a ``/wait`` answers 503 at
 #: once instead of waiting for its timeout.
-WAIT_GIVES_UP = (State.FAILED, State.STOPPING, State.STOPPED)
+WAIT_GIVES_UP = (State.FAILED, State.STOPPING, State.STOPPED, State.STANDBY)
 
 
 class _Leaf(Resource):

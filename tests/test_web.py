@@ -222,7 +222,8 @@ def test_wait_keeps_waiting_while_resyncing_or_retrying():
     assert code == 200 and doc["state"] == "starting"
 
 
-@pytest.mark.parametrize("state", [st.State.FAILED, st.State.STOPPING, st.State.STOPPED])
+@pytest.mark.parametrize("state", [st.State.FAILED, st.State.STOPPING, st.State.STOPPED,
+                                   st.State.STANDBY])
 def test_wait_gives_up_with_503_when_the_mirror_will_not_get_there(state):
     clock, status, root = replicating()
     request, body = start_wait(root, index=300, timeout=10)
