@@ -208,6 +208,7 @@ def test_index_moved_by_another_writer_makes_the_active_step_down(src, dst, mirr
     seeded(src, mirror, dst)
     a = mirror(src.url, dst.url, *HA)
     wait_role(a, "active")
+    a.wait_log("Starting replication at")  # the index is claimed: ours from here on
     status, body, _ = dst.get(INDEX_KEY)
     dst.set(INDEX_KEY, body["node"]["value"])  # same value, new modifiedIndex
     for i in range(5):
