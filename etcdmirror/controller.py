@@ -17,7 +17,7 @@ into the same wall.
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Set
 
 import etcd
 from twisted.internet import defer
@@ -106,7 +106,8 @@ class ReplicationController:
         self._running = True
         #: Why this run lost the right to write (``--ha``), once it did.
         self._lost: Optional[str] = None
-        self._interruptible: Optional[defer.Deferred] = None
+        #: What the loop waits for now (a resync's writes: several at once).
+        self._interruptible: Set[defer.Deferred] = set()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -129,17 +130,14 @@ class ReplicationController:
             self._lost = self._lost or str(e)
         except (MirrorFatal, etcd.EtcdException) as e:
             if self._lost is not None:
-                # Found after the lock was lost: what another mirror wrote
-                # meanwhile is not this one's to judge.
+                # Found after the lock was lost: not this mirror's to judge.
                 log.info("after losing the HA lock: %s", e)
             elif isinstance(e, MirrorFatal):
                 return self._failed(str(e))
             else:
-                # Not transient and not expected: bad credentials, a role without
-                # the permission, an answer we cannot use.  The message names the
-                # request and the endpoint.
-                return self._failed(
-                    f"{e}; replication stopped, last applied index {self.index}")
+                # Not transient and not expected: bad credentials, a missing
+                # permission, an answer we cannot use (named in the message).
+                return self._failed(f"{e}; replication stopped, last applied index {self.index}")
         except Exception as e:  # a bug: say so loudly, let systemd restart us
             self._shutdown_io()
             self.status.state = st.State.FAILED
@@ -175,8 +173,7 @@ class ReplicationController:
         log.info("stop requested")
         self._running = False
         self.status.state = st.State.STOPPING
-        if self._interruptible is not None:
-            self._interruptible.cancel()
+        self._interrupt()
 
     def step_down(self, reason: str) -> None:
         """This mirror lost the HA lock: stop at once, write nothing more."""
@@ -184,8 +181,11 @@ class ReplicationController:
             return
         self._lost = reason
         self._running = False
-        if self._interruptible is not None:
-            self._interruptible.cancel()
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        for waiting in list(self._interruptible):
+            waiting.cancel()
 
     def _shutdown_io(self) -> None:
         self.source.close()
@@ -367,8 +367,8 @@ class ReplicationController:
         """The TTL keeper found a TTL'd directory run out on the replica: resync."""
         if self._resync_wanted is None:
             self._resync_wanted = "ttl_expired"
-        if self._waiting_for_source and self._interruptible is not None:
-            self._interruptible.cancel()
+        if self._waiting_for_source:
+            self._interrupt()
 
     @defer.inlineCallbacks
     def _resync(self, reason: str, started_as: Optional[str] = None):
@@ -439,12 +439,12 @@ class ReplicationController:
     @defer.inlineCallbacks
     def _interruptibly(self, d: defer.Deferred):
         """Wait for ``d``, but let :meth:`stop` cancel it."""
-        self._interruptible = d
+        self._interruptible.add(d)
         try:
             result = yield d
         except defer.CancelledError:
             self._check_running()
             raise
         finally:
-            self._interruptible = None
+            self._interruptible.discard(d)
         return result
