@@ -6,8 +6,15 @@ anything else :class:`~etcdmirror.answers.EtcdUnavailable` (or
 :class:`~etcdmirror.answers.EtcdTimeout`), after which the next request goes
 to the next endpoint.  Messages name the request and the endpoint, never the
 credentials.
+
+Reads go through treq.  Writes (``PUT``, ``DELETE``: the ordered event
+writes and a resync's) go straight to Twisted's ``Agent`` below it, with
+the request's bytes and headers built here: treq's per-request URL and IDNA
+handling cost a third of the CPU of a write (BENCHMARKS.md, "resync writes
+8 at a time").  Both share one connection pool, timeouts and error mapping.
 """
 
+import binascii
 from typing import Any, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
@@ -16,6 +23,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 from etcdmirror.answers import EtcdTimeout, EtcdUnavailable, TLSError
 from etcdmirror.bodies import BytesBody
@@ -48,10 +56,17 @@ class Transport:
         self.name = name
         self._endpoint_no = 0
         self._pool = pool if pool is not None else make_pool(reactor)
-        self._http = treq.client.HTTPClient(
-            Agent(reactor, pool=self._pool, connectTimeout=timeout,
-                  **({"contextFactory": tls} if tls is not None else {}))
-        )
+        self._agent = Agent(reactor, pool=self._pool, connectTimeout=timeout,
+                            **({"contextFactory": tls} if tls is not None else {}))
+        self._http = treq.client.HTTPClient(self._agent)
+        #: The headers of every write (Agent copies them before adding Host).
+        self._write_headers = Headers({b"Accept": [b"application/json"],
+                                       b"Content-Type": [b"application/x-www-form-urlencoded"]})
+        if cluster.auth is not None:
+            user, password = (part.encode("utf-8") for part in cluster.auth)
+            self._write_headers.setRawHeaders(
+                b"Authorization", [b"Basic " + binascii.b2a_base64(user + b":" + password,
+                                                                   newline=False)])
 
     @property
     def endpoint(self) -> Endpoint:
@@ -88,6 +103,11 @@ class Transport:
         url = self.url_for(key)
         if params:
             url += "?" + urlencode(params)
+        timeout = self.timeout if timeout is None else timeout
+        if method != "GET" and url.isascii():
+            d = self._write(method, url, form, timeout)
+            d.addErrback(self._failed, what, timeout)
+            return what, d
         headers = {b"Accept": [b"application/json"]}
         data = None
         if form is not None:
@@ -99,13 +119,33 @@ class Transport:
             data=data,
             headers=headers,
             auth=self.cluster.auth,
-            timeout=self.timeout if timeout is None else timeout,
+            timeout=timeout,
             unbuffered=True,
             allow_redirects=False,
             reactor=self.reactor,
         )
-        d.addErrback(self._failed, what, self.timeout if timeout is None else timeout)
+        d.addErrback(self._failed, what, timeout)
         return what, d
+
+    def _write(self, method: str, url: str, form: Optional[List[Tuple[str, str]]],
+               timeout: float) -> defer.Deferred:
+        """A write on the Agent; fires with the response once its headers are in.
+
+        As treq does it: the request is cancelled (its connection aborted)
+        when no answer came within ``timeout``.
+        """
+        body = BytesBody(urlencode(form).encode("ascii")) if form is not None else None
+        d = self._agent.request(method.encode("ascii"), url.encode("ascii"),
+                                self._write_headers, body)
+        timer = self.reactor.callLater(timeout, d.cancel)
+
+        def answered(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(answered)
+        return d
 
     def connection_lost(self, what: str, doing: str, failure: Failure) -> EtcdUnavailable:
         """The error for a body cut off midway; the next try goes to another endpoint."""
