@@ -129,11 +129,12 @@ def next_steps(forward: KeyMapper, reverse: KeyMapper, a: str, b: str,
     lines = [
         "next steps, in this order:",
         f"  1. stop the A->B mirror: {stop}",
+        "     (with --ha: on every host that runs it, standbys included)",
         f"  2. start the B->A mirror, WITHOUT --reload, before B takes {HISTORY} writes "
         "(etcd's event history), usually on a host near A:",
         f"       {_line(['etcd-mirror', *args, b, a])}",
         "     add the options your A->B mirror has besides the mapping and TLS ones "
-        "(--port, --max-resync-deletes, ...);",
+        "(--port, --max-resync-deletes, --ha, ...);",
         "     under systemd, the instance's /etc/etcd-mirror/<instance>.conf holds:",
         f"       SRC={shlex.quote(b)}",
         f"       DST={shlex.quote(a)}",
