@@ -35,6 +35,9 @@
 # @param watch_stream          false: --no-watch-stream (a proxy that buffers answers).
 # @param reload                --reload at every start: a hitless resync each
 #   time the service (re)starts.  Needed once for a new replica.
+# @param ha                    --ha: active/standby.  Declare the same instance
+#   on two or more hosts; only the holder of the lock on $dst replicates.
+# @param ha_ttl                --ha-ttl: the lock's TTL in seconds (with $ha only).
 # @param src_credentials       'user:password' for $src, kept out of the process list.
 # @param dst_credentials       'user:password' for $dst, kept out of the process list.
 #
@@ -75,6 +78,8 @@ define etcdmirror::instance (
   Integer[1, 256]        $watch_concurrency     = 16,
   Boolean                $watch_stream          = true,
   Boolean                $reload                = false,
+  Boolean                $ha                    = false,
+  Optional[Integer[2, 3600]] $ha_ttl            = undef,
   Optional[String]       $src_credentials       = undef,
   Optional[String]       $dst_credentials       = undef,
 ) {
@@ -99,6 +104,9 @@ define etcdmirror::instance (
     if $value =~ String and $value =~ /[\n\r\u0000]/ {
       fail("etcdmirror::instance[${title}]: values must not contain newlines or NUL")
     }
+  }
+  if $ha_ttl =~ Integer and !$ha {
+    fail("etcdmirror::instance[${title}]: ha_ttl only means something with ha => true")
   }
   if $max_replica_age < 0 or $verify_interval < 0 {
     fail("etcdmirror::instance[${title}]: max_replica_age and verify_interval must be >= 0")

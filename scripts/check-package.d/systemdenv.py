@@ -173,7 +173,7 @@ SAMPLES = {
         "dst": "https://etcd.replica.example:2379", "dst_path": "/conftool", "strip": True,
         "ignore_keys_regex": "/conftool/(local|scratch area)/.*", "port": 0,
         "heartbeat_key": "/conftool/heartbeat", "max_replica_age": 120,
-        "verify_interval": 0.5, "watch_concurrency": 64},
+        "verify_interval": 0.5, "watch_concurrency": 64, "ha": True, "ha_ttl": 6},
     "checkpkg_nasty": {
         "src": "http://mirror:pa$$w0rd@127.0.0.1:2379", "src_path": "/a b",
         "dst": "http://127.0.0.1:4001", "dst_path": "/replica/$x",
@@ -229,6 +229,8 @@ def expected(p):
     args += ["--watch-concurrency", str(p["watch_concurrency"])]
     args += [] if p["watch_stream"] else ["--no-watch-stream"]
     args += ["--reload"] if p["reload"] else []
+    args += ["--ha"] if p["ha"] else []
+    args += ["--ha-ttl", str(p["ha_ttl"])] if p["ha_ttl"] is not None else []
     env = {}
     for side in ("src", "dst"):
         if p[side + "_credentials"] is not None:
