@@ -1,0 +1,267 @@
+"""A lean HTTP/1.1 client for the destination's writes: bytes in, answer out.
+
+Every replicated event is one write to the destination, in order, each
+waiting for the one before; a resync writes thousands.  Twisted's ``Agent``
+spends about 0.4 ms of CPU per PUT (header objects, a ``lineReceived`` per
+header line, an endpoint and its IDNA check per request, several Deferred
+layers); this client spends about 0.1 ms (BENCHMARKS.md).  It does only what
+etcd's write answers need:
+
+* one request at a time per connection, kept alive between requests (no
+  pipelining: a connection is reused only after its answer was read whole);
+* the request is built by the caller as bytes (:func:`build_request`);
+* the answer's status line, its headers, and a body with ``Content-Length``
+  or ``Transfer-Encoding: chunked`` (etcd uses both, by size);
+* anything else (a malformed answer, bytes nobody asked for, a connection
+  that closes) fails the request and drops the connection, never reused;
+* a timeout, or a cancelled request, aborts the connection: a write whose
+  answer never came cannot land later through it.
+
+Plain ``http://`` only: ``https://`` endpoints keep Twisted's ``Agent``,
+whose TLS errors the transport knows how to report.
+"""
+
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+
+from etcdmirror.endpoints import Endpoint
+
+#: Largest header block and body accepted (a write's answer holds at most two
+#: values of 1.5 MiB each; be generous, but bounded).
+MAX_HEAD = 64 * 1024
+MAX_BODY = 16 * 1024 * 1024
+
+
+class BadHttpAnswer(Exception):
+    """The destination's answer is not HTTP/1.1 this client understands."""
+
+
+def build_request(method: str, endpoint: Endpoint, path: str, headers: bytes,
+                  body: Optional[bytes]) -> bytes:
+    """The bytes of one request; ``headers`` are extra ``Name: value\\r\\n`` lines."""
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    head = (f"{method} {path} HTTP/1.1\r\nHost: {host}:{endpoint.port}\r\n").encode("ascii")
+    if body is None:
+        return head + headers + b"\r\n"
+    return head + headers + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+class RawHeaders:
+    """The answer's headers, read the way :class:`twisted.web.http_headers.Headers` is."""
+
+    def __init__(self, values: Dict[bytes, List[bytes]]) -> None:
+        self._values = values
+
+    def getRawHeaders(self, name: bytes, default: Any = None) -> Any:
+        return self._values.get(name.lower(), default)
+
+
+class RawResponse:
+    """An answer read whole: ``code``, ``headers``, and the body for ``deliverBody``."""
+
+    def __init__(self, code: int, headers: RawHeaders, body: bytes) -> None:
+        self.code = code
+        self.headers = headers
+        self.body = body
+
+    def deliverBody(self, protocol: Any) -> None:
+        protocol.dataReceived(self.body)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+
+class WriteConnection(Protocol):
+    """One keep-alive connection; :meth:`request` one at a time."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._pending: Optional[defer.Deferred] = None
+        self.usable = True
+
+    def request(self, data: bytes) -> defer.Deferred:
+        """Send ``data``; fires with a :class:`RawResponse`."""
+        assert self._pending is None and self.usable
+        self._pending = defer.Deferred(lambda d: self.abort())
+        self.transport.write(data)
+        return self._pending
+
+    def abort(self) -> None:
+        self.usable = False
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._pending is None:
+            self._fail(BadHttpAnswer("bytes from the server with no request in flight"))
+            return
+        self._buffer += data
+        try:
+            parsed = _parse(self._buffer)
+        except BadHttpAnswer as e:
+            self._fail(e)
+            return
+        if parsed is None:
+            return
+        response, used, close = parsed
+        del self._buffer[:used]
+        if close or self._buffer:
+            self.usable = False
+            self.transport.loseConnection()
+        pending, self._pending = self._pending, None
+        pending.callback(response)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.usable = False
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.errback(reason)
+
+    def _fail(self, error: Exception) -> None:
+        self.usable = False
+        pending, self._pending = self._pending, None
+        self.transport.abortConnection()
+        if pending is not None:
+            pending.errback(Failure(error))
+
+
+def _parse(buffer: bytearray) -> Optional[Tuple[RawResponse, int, bool]]:
+    """``(response, bytes used, close after)`` once ``buffer`` holds a whole answer."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > MAX_HEAD:
+            raise BadHttpAnswer("answer headers too long")
+        return None
+    lines = bytes(buffer[:end]).split(b"\r\n")
+    status = lines[0].split(b" ", 2)
+    if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
+        raise BadHttpAnswer(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
+    code = int(status[1])
+    headers: Dict[bytes, List[bytes]] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise BadHttpAnswer(f"malformed header line {line[:80]!r}")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    start = end + 4
+    close = (b"close" in (v.lower() for v in headers.get(b"connection", []))
+             or status[0] == b"HTTP/1.0")
+    if b"chunked" in (v.lower() for v in headers.get(b"transfer-encoding", [])):
+        found = _chunked(buffer, start)
+        if found is None:
+            return None
+        body, used = found
+    else:
+        lengths = headers.get(b"content-length")
+        if lengths is None:
+            if 100 <= code < 200 or code in (204, 304):
+                body, used = b"", start
+            else:
+                raise BadHttpAnswer("answer without Content-Length or chunked body")
+        else:
+            try:
+                length = int(lengths[0])
+            except ValueError:
+                raise BadHttpAnswer(f"bad Content-Length {lengths[0][:40]!r}") from None
+            if length < 0 or length > MAX_BODY:
+                raise BadHttpAnswer(f"Content-Length {length} out of bounds")
+            if len(buffer) < start + length:
+                return None
+            body, used = bytes(buffer[start:start + length]), start + length
+    return RawResponse(code, RawHeaders(headers), body), used, close
+
+
+def _chunked(buffer: bytearray, at: int) -> Optional[Tuple[bytes, int]]:
+    """A chunked body starting at ``at``: ``(body, end)``, or None if incomplete."""
+    parts = []
+    size_total = 0
+    while True:
+        eol = buffer.find(b"\r\n", at)
+        if eol < 0:
+            return None
+        size_text = bytes(buffer[at:eol]).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BadHttpAnswer(f"bad chunk size {size_text[:40]!r}") from None
+        size_total += size
+        if size < 0 or size_total > MAX_BODY:
+            raise BadHttpAnswer("chunked body out of bounds")
+        if size == 0:
+            # Trailers (none from etcd) end with an empty line.
+            trailer_end = buffer.find(b"\r\n\r\n", eol)
+            if buffer[eol:eol + 4] == b"\r\n\r\n":
+                return b"".join(parts), eol + 4
+            if trailer_end < 0:
+                return None
+            return b"".join(parts), trailer_end + 4
+        data_start = eol + 2
+        if len(buffer) < data_start + size + 2:
+            return None
+        if buffer[data_start + size:data_start + size + 2] != b"\r\n":
+            raise BadHttpAnswer("chunk not followed by CRLF")
+        parts.append(bytes(buffer[data_start:data_start + size]))
+        at = data_start + size + 2
+
+
+class WritePool:
+    """Keep-alive :class:`WriteConnection` s per endpoint, made as needed."""
+
+    def __init__(self, reactor: IReactorTime, connect_timeout: float = 10.0,
+                 max_idle: int = 8) -> None:
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+        self.max_idle = max_idle
+        self._idle: Dict[Endpoint, List[WriteConnection]] = {}
+
+    @defer.inlineCallbacks
+    def request(self, endpoint: Endpoint, data: bytes, timeout: float):
+        """Send one request; fires with its :class:`RawResponse`.
+
+        No answer within ``timeout`` seconds (connecting included): the
+        connection is aborted and the Deferred fails with ``CancelledError``.
+        """
+        idle = self._idle.get(endpoint)
+        while idle:
+            conn = idle.pop()
+            if conn.usable and conn.transport is not None and conn.transport.connected:
+                break
+        else:
+            conn = None
+        if conn is None:
+            connecting = connectProtocol(
+                HostnameEndpoint(self.reactor, endpoint.host.encode("idna"), endpoint.port,
+                                 timeout=self.connect_timeout), WriteConnection())
+            timer = self.reactor.callLater(timeout, connecting.cancel)
+            try:
+                conn = yield connecting
+            finally:
+                if timer.active():
+                    timer.cancel()
+        answer = conn.request(data)
+        timer = self.reactor.callLater(timeout, answer.cancel)
+        try:
+            response = yield answer
+        finally:
+            if timer.active():
+                timer.cancel()
+        if conn.usable:
+            kept = self._idle.setdefault(endpoint, [])
+            if len(kept) < self.max_idle:
+                kept.append(conn)
+            else:
+                conn.transport.loseConnection()
+        return response
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        for conns in self._idle.values():
+            for conn in conns:
+                if conn.transport is not None:
+                    conn.transport.loseConnection()
+        self._idle.clear()
