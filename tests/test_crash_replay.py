@@ -358,6 +358,24 @@ def history(client: V2, start: int, end: int, under: str) -> List[str]:
     return lines
 
 
+def replica_history(dst: V2, got: Dict[str, Any], want: Dict[str, Any]) -> str:
+    """For each key that differs: the replica node now, and the destination's own
+    history event that last wrote it (who wrote it, and how)."""
+    lines = []
+    for key in sorted(set(got) | set(want)):
+        if got.get(key) == want.get(key):
+            continue
+        status, body, _ = dst.get(IMAGE + "/" + key)
+        node = body.get("node", {}) if status == 200 else {}
+        line = f"{key}: replica {status} {node}"
+        if node.get("modifiedIndex"):
+            status, event, _ = dst.get(IMAGE + "/" + key, wait="true",
+                                       waitIndex=node["modifiedIndex"])
+            line += f"; written by {event.get('action')} (prevNode {event.get('prevNode')})"
+        lines.append(line)
+    return "keys that differ on the replica: " + "; ".join(lines)
+
+
 def start_indexes(mirrors: List[Any]) -> List[List[int]]:
     return [[int(i) for i in re.findall(r"Starting replication at (\d+)", m.log())]
             for m in mirrors]
@@ -531,11 +549,12 @@ def test_kill_9_at_random_points_and_restart_without_reload(src, dst, mirror, tt
                 if want.get(k) != got.get(k)}
         details = (f"the replica still differs from the source after 60 s; {where}; "
                    f"(source, replica) by key: {diff}; the mirrors started at "
-                   f"{start_indexes(mirrors)}")
+                   f"{start_indexes(mirrors)}; {replica_history(dst, got, want)}")
         pytest.fail(details)
     if last.proc.poll() is not None:
         stopped(last, "the last mirror")
-    assert dst.tree(IMAGE) == src.tree(PREFIX), where
+    final = dst.tree(IMAGE)
+    assert final == src.tree(PREFIX), f"{where}; {replica_history(dst, final, src.tree(PREFIX))}"
 
     assert last.healthy(), f"{where}:\n{last.log()}"
     assert last.metric("etcdmirror_resyncs_total", 'reason="index_cleared"') == 0, where
