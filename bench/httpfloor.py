@@ -9,7 +9,7 @@ uses the standard library's http.client):
 
 * ``agent``: Twisted's ``Agent`` with a persistent pool, nothing else;
 * ``client``: etcd-mirror's own :class:`~etcdmirror.client.EtcdClient`
-  (treq, answer validation), exactly as the mirror writes.
+  (its lean write client, answer validation), exactly as the mirror writes.
 
 Prints one JSON object: PUT/s and CPU ms per PUT for each.
 """

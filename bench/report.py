@@ -71,7 +71,7 @@ def report(bench: "Bench", command: str) -> str:
     floor = r.get("floor") if raw else None
     if floor:
         out.append("| the same PUTs from Twisted's `Agent` alone; from etcd-mirror's own "
-                   "client (treq) — the ceiling for in-order writes on this stack | "
+                   "client (EtcdClient) — the ceiling for in-order writes on this stack | "
                    "%.0f PUT/s = %.2f × raw (%.2f CPU ms each); **%.0f PUT/s = %.2f × raw** "
                    "(%.2f CPU ms each) |"
                    % (floor["agent"]["rate"], floor["agent"]["rate"] / raw["rate"],
