@@ -233,23 +233,12 @@ class WritePool:
                 break
         else:
             conn = None
+        deadline = self.reactor.seconds() + timeout
         if conn is None:
-            connecting = connectProtocol(
+            conn = yield self._within(connectProtocol(
                 HostnameEndpoint(self.reactor, endpoint.host.encode("idna"), endpoint.port,
-                                 timeout=self.connect_timeout), WriteConnection())
-            timer = self.reactor.callLater(timeout, connecting.cancel)
-            try:
-                conn = yield connecting
-            finally:
-                if timer.active():
-                    timer.cancel()
-        answer = conn.request(data)
-        timer = self.reactor.callLater(timeout, answer.cancel)
-        try:
-            response = yield answer
-        finally:
-            if timer.active():
-                timer.cancel()
+                                 timeout=self.connect_timeout), WriteConnection()), deadline)
+        response = yield self._within(conn.request(data), deadline)
         if conn.usable:
             kept = self._idle.setdefault(endpoint, [])
             if len(kept) < self.max_idle:
@@ -257,6 +246,17 @@ class WritePool:
             else:
                 conn.transport.loseConnection()
         return response
+
+    @defer.inlineCallbacks
+    def _within(self, d: defer.Deferred, deadline: float):
+        """``d``'s result, or ``CancelledError`` (``d`` cancelled) at ``deadline``."""
+        timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), d.cancel)
+        try:
+            result = yield d
+        finally:
+            if timer.active():
+                timer.cancel()
+        return result
 
     def close(self) -> None:
         """Close the idle connections."""

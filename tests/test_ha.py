@@ -127,9 +127,7 @@ def test_both_started_at_once_exactly_one_replicates(src, dst, mirror):
 def test_sigstop_active_past_the_ttl_standby_takes_over_old_steps_down(
         src, dst, mirror, writer):
     seeded(src, mirror, dst)
-    a = mirror(src.url, dst.url, *HA)
-    wait_role(a, "active")
-    b = mirror(src.url, dst.url, *HA)
+    a, b = active_then_standby(src, mirror, dst.url, dst.url)
     assert role(b) == "standby"
     w = writer()
     w.written(200)
@@ -156,11 +154,16 @@ def test_sigstop_active_past_the_ttl_standby_takes_over_old_steps_down(
     assert a.running and b.running
 
 
+def active_then_standby(src, mirror, a_dst: str, b_dst: str):
+    """A (writing through ``a_dst``) active, then B standing by."""
+    a = mirror(src.url, a_dst, *HA)
+    wait_role(a, "active")
+    return a, mirror(src.url, b_dst, *HA)
+
+
 def test_kill_9_of_the_active_under_load(src, dst, mirror, writer):
     seeded(src, mirror, dst)
-    a = mirror(src.url, dst.url, *HA)
-    wait_role(a, "active")
-    b = mirror(src.url, dst.url, *HA)
+    a, b = active_then_standby(src, mirror, dst.url, dst.url)
     w = writer()
     w.written(300)
     a.kill()
@@ -178,9 +181,7 @@ def test_active_cut_off_from_the_destination(src, dst, mirror, writer):
     target = urlsplit(dst.url)
     proxy = CuttableProxy((target.hostname, target.port))
     try:
-        a = mirror(src.url, proxy.url, *HA)
-        wait_role(a, "active")
-        b = mirror(src.url, dst.url, *HA)
+        a, b = active_then_standby(src, mirror, proxy.url, dst.url)
         w = writer()
         w.written(200)
         proxy.cut()
