@@ -77,9 +77,6 @@ class EtcdClient:
         """Move to the next endpoint of the cluster (after a transport failure)."""
         self.transport.next_endpoint()
 
-    def url_for(self, key: str) -> str:
-        return self.transport.url_for(key)
-
     def close(self) -> defer.Deferred:
         """Close the idle connections; fires once they are closed."""
         return self.transport.close()
@@ -210,20 +207,19 @@ class EtcdClient:
 
     def _request(self, method: str, key: str, params: List[Tuple[str, str]],
                  form: Optional[List[Tuple[str, str]]] = None) -> defer.Deferred:
-        if self.fence is not None and method != "GET":
+        fenced = self.fence is not None and method != "GET"
+        if fenced:
             # As late as we can: right before the request is handed to the
             # connection; LostLease fails the request before anything is sent.
             try:
                 valid_until = self.fence.check(f"{method} {key!r}")
             except LostLease:
                 return defer.fail()
-            what, request = self.transport.request(method, key, params, form,
-                                                   timeout=self.fence.write_timeout)
-            request.addCallback(self._read_response, what)
-            request.addBoth(self.fence.answered, what, valid_until)
-            return request
-        what, request = self.transport.request(method, key, params, form)
+        what, request = self.transport.request(
+            method, key, params, form, timeout=self.fence.write_timeout if fenced else None)
         request.addCallback(self._read_response, what)
+        if fenced:
+            request.addBoth(self.fence.answered, what, valid_until)
         return request
 
     def _answer(self, body: bytes, code: int, etcd_index: Optional[int],

@@ -81,9 +81,6 @@ class Transport:
         """Move to the next endpoint of the cluster (after a transport failure)."""
         self._endpoint_no = (self._endpoint_no + 1) % len(self.cluster.endpoints)
 
-    def url_for(self, key: str) -> str:
-        return self.endpoint.url + "/v2/keys" + quote(key, safe="/")
-
     def close(self) -> defer.Deferred:
         """Close the pools' idle connections; fires once they are closed."""
         self._writes.close()
@@ -106,20 +103,17 @@ class Transport:
         """
         endpoint = self.endpoint
         what = f"{method} {key!r} on {self.name} {endpoint.url}"
-        url = self.url_for(key)
-        if params:
-            url += "?" + urlencode(params)
+        path = "/v2/keys" + quote(key, safe="/") + ("?" + urlencode(params) if params else "")
+        url = endpoint.url + path
         timeout = self.timeout if timeout is None else timeout
-        if method != "GET" and endpoint.scheme == "http":
-            path = "/v2/keys" + quote(key, safe="/") + ("?" + urlencode(params) if params else "")
-            body = urlencode(form).encode("ascii") if form is not None else None
-            d = self._writes.request(
-                endpoint, build_request(method, endpoint, path, self._write_lines, body),
-                timeout)
-            d.addErrback(self._failed, what, timeout)
-            return what, d
         if method != "GET" and url.isascii():
-            d = self._write(method, url, form, timeout)
+            body = urlencode(form).encode("ascii") if form is not None else None
+            if endpoint.scheme == "http":
+                d = self._writes.request(
+                    endpoint, build_request(method, endpoint, path, self._write_lines, body),
+                    timeout)
+            else:
+                d = self._write(method, url, body, timeout)
             d.addErrback(self._failed, what, timeout)
             return what, d
         headers = {b"Accept": [b"application/json"]}
@@ -141,16 +135,16 @@ class Transport:
         d.addErrback(self._failed, what, timeout)
         return what, d
 
-    def _write(self, method: str, url: str, form: Optional[List[Tuple[str, str]]],
+    def _write(self, method: str, url: str, body: Optional[bytes],
                timeout: float) -> defer.Deferred:
         """A write on the Agent; fires with the response once its headers are in.
 
         As treq does it: the request is cancelled (its connection aborted)
         when no answer came within ``timeout``.
         """
-        body = BytesBody(urlencode(form).encode("ascii")) if form is not None else None
         d = self._agent.request(method.encode("ascii"), url.encode("ascii"),
-                                self._write_headers, body)
+                                self._write_headers,
+                                BytesBody(body) if body is not None else None)
         timer = self.reactor.callLater(timeout, d.cancel)
 
         def answered(result: Any) -> Any:
