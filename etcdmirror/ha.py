@@ -82,7 +82,7 @@ class HaSupervisor:
             self.controller.stop()
 
     def _set_role(self, role: st.Role) -> None:
-        if role is not self.status.role or role is st.Role.ACTIVE:
+        if role is not self.status.role:
             self.status.role = role
             self.on_role(role)
 
