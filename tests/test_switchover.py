@@ -107,11 +107,17 @@ def test_writes_still_arriving_on_a_are_refused(src, dst, mirror):
     assert src.get("/__replication/conftool").status == 404
 
 
-def test_trees_that_differ_are_refused_naming_the_keys(src, dst, mirror):
+def mirrored(src, dst, mirror):
+    """A->B ("renamed") running, caught up on one key: its options, B's image root, the mirror."""
     forward, image, _ = MAPPINGS["renamed"]
     src.set(PREFIX + "/a", "1")
-    mirror(src.url, dst.url, "--reload", *forward)
+    m = mirror(src.url, dst.url, "--reload", *forward)
     wait_same(src, dst, PREFIX, image)
+    return forward, image, m
+
+
+def test_trees_that_differ_are_refused_naming_the_keys(src, dst, mirror):
+    forward, image, _ = mirrored(src, dst, mirror)
     dst.set(image + "/intruder", "written behind the mirror's back")
     result = switchover(*FAST, *forward, src.url, dst.url)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -121,10 +127,7 @@ def test_trees_that_differ_are_refused_naming_the_keys(src, dst, mirror):
 
 
 def test_a_mirror_that_has_not_caught_up_is_refused(src, dst, mirror):
-    forward, image, _ = MAPPINGS["renamed"]
-    src.set(PREFIX + "/a", "1")
-    m = mirror(src.url, dst.url, "--reload", *forward)
-    wait_same(src, dst, PREFIX, image)
+    forward, _, m = mirrored(src, dst, mirror)
     m.stop()
     index = src.set(PREFIX + "/a", "2").index  # A is quiet from now on
     result = switchover("--quiet-seconds", "0.5", "--timeout", "1", *forward,
@@ -135,10 +138,7 @@ def test_a_mirror_that_has_not_caught_up_is_refused(src, dst, mirror):
 
 
 def test_dry_run_writes_nothing(src, dst, mirror):
-    forward, image, _ = MAPPINGS["renamed"]
-    src.set(PREFIX + "/a", "1")
-    mirror(src.url, dst.url, "--reload", *forward)
-    wait_same(src, dst, PREFIX, image)
+    forward, _, _ = mirrored(src, dst, mirror)
     before = src.index()
     result = switchover(*FAST, "--dry-run", *forward, src.url, dst.url)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -30,6 +30,21 @@ def render(root, path, method=b"GET"):
         request.written)
 
 
+def assert_post_refused(root, path, args=None):
+    """A POST to ``path`` is refused: Twisted raises UnsupportedMethod, or answers 405."""
+    request = DummyRequest([path.encode()])
+    request.method = b"POST"
+    if args is not None:
+        request.args = args
+    resource = root.getChildWithDefault(path.encode(), request)
+    try:
+        resource.render(request)
+    except Exception as e:  # twisted raises UnsupportedMethod for POST
+        assert type(e).__name__ == "UnsupportedMethod"
+    else:
+        assert request.responseCode == 405
+
+
 def test_lag_is_source_minus_replica():
     status, _, root = make()
     status.source_index, status.replica_index = 120, 100
@@ -69,15 +84,7 @@ def test_metrics_keep_0_0_12_names():
 def test_nothing_changes_state_over_http():
     status, _, root = make()
     for path in ("lag", "status", "healthz", "metrics"):
-        request = DummyRequest([path.encode()])
-        request.method = b"POST"
-        resource = root.getChildWithDefault(path.encode(), request)
-        try:
-            resource.render(request)
-        except Exception as e:  # twisted raises UnsupportedMethod for POST
-            assert type(e).__name__ == "UnsupportedMethod"
-        else:
-            assert request.responseCode == 405
+        assert_post_refused(root, path)
 
 
 def test_healthz_is_503_when_the_replica_is_stale():
@@ -286,14 +293,5 @@ def test_wait_is_read_only_and_answers_head():
     status.replica_index = 101
     clock.advance(WAIT_POLL_INTERVAL)
     assert request.finished and request.responseCode == 200
-    request = DummyRequest([b"wait"])
-    request.method = b"POST"
-    request.args = {b"index": [b"1"]}
-    resource = root.getChildWithDefault(b"wait", request)
-    try:
-        resource.render(request)
-    except Exception as e:  # twisted raises UnsupportedMethod for POST
-        assert type(e).__name__ == "UnsupportedMethod"
-    else:
-        assert request.responseCode == 405
+    assert_post_refused(root, "wait", {b"index": [b"1"]})
     assert waiting(root).pending == 0
