@@ -20,6 +20,7 @@ Two kinds of watch, both handed out as handles (:mod:`etcdmirror.watches`):
   (:mod:`etcdmirror.stream`): this module only reports what arrived.
 """
 
+import copy
 from typing import Any, Callable, List, Optional, Tuple
 
 import etcd
@@ -68,6 +69,23 @@ class EtcdClient:
         self.reactor = reactor
         self.name = name
         self.transport = Transport(cluster, reactor, pool, timeout, name, tls)
+        self._ordered = False
+
+    def ordered(self) -> "EtcdClient":
+        """This client with its writes on the ordered lane: each ``http://`` write is
+        sent, pipelined, behind every write made through it before (see
+        :meth:`Transport.request`).  Reads are unchanged."""
+        twin = copy.copy(self)
+        twin._ordered = True
+        return twin
+
+    @property
+    def pipelines(self) -> bool:
+        """True when writes through :meth:`ordered` may be in flight together and
+        still land in the order made: every endpoint is ``http://`` (the
+        ``https://`` ones go through Twisted's ``Agent``, one pooled connection
+        per request in flight)."""
+        return all(e.scheme == "http" for e in self.cluster.endpoints)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -216,7 +234,8 @@ class EtcdClient:
             except LostLease:
                 return defer.fail()
         what, request = self.transport.request(
-            method, key, params, form, timeout=self.fence.write_timeout if fenced else None)
+            method, key, params, form, timeout=self.fence.write_timeout if fenced else None,
+            ordered=self._ordered)
         request.addCallback(self._read_response, what)
         if fenced:
             request.addBoth(self.fence.answered, what, valid_until)

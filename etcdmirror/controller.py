@@ -2,7 +2,8 @@
 
 Data flows one way: the :class:`~etcdmirror.roles.SourceReader` hands out the
 source's events in index order, the :class:`~etcdmirror.roles.ReplicaWriter`
-applies each, and only then does the applied index move; the
+applies them in that order (several in flight where it can: :mod:`etcdmirror.pipeline`),
+and the applied index moves only over events applied; the
 :class:`~etcdmirror.checkpoint.Checkpointer` writes it to the
 :class:`~etcdmirror.roles.Checkpoint` in batches, never ahead of what was
 applied.  The controller sees the two clusters only through these roles.
@@ -29,12 +30,14 @@ from etcdmirror.backoff import Backoff
 from etcdmirror.checkpoint import Checkpointer
 from etcdmirror.errors import (
     EXIT_CRASH, EXIT_OK, EXIT_OPERATOR, STEPPED_DOWN, LostLease, MirrorFatal)
-from etcdmirror.events import ApplyError, Divergence, Event, ExpiredEarly, WatchProgress, describe
+from etcdmirror.events import ApplyError, Event, Outcome, WatchProgress, describe
+from etcdmirror.failures import resync_failure, resync_reason
 from etcdmirror.gate import WriteGate
 from etcdmirror.guards import ResyncRefused
 from etcdmirror.keys import KeyMapper
 from etcdmirror.loopoptions import Options, record_applied
 from etcdmirror.metrics import Metrics
+from etcdmirror.pipeline import EventPipeline, send_again
 from etcdmirror.resync import resync
 from etcdmirror.retry import Retrier
 from etcdmirror.roles import Checkpoint, NoKeeper, ReplicaWriter, SourceReader
@@ -108,6 +111,12 @@ class ReplicationController:
         self._lost: Optional[str] = None
         #: What the loop waits for now (a resync's writes: several at once).
         self._interruptible: Set[defer.Deferred] = set()
+        #: Events in flight on the destination (as many as the replica's ``in_flight``).
+        self.pipeline = EventPipeline(
+            lambda event, replaying: self.replica.apply(event, replaying=replaying),
+            self.gate, getattr(self.replica, "in_flight", 1), self._finished,
+            on_stalled=self._wake_from_source)
+        self.status.pipeline_info = self.pipeline.describe
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -139,12 +148,11 @@ class ReplicationController:
                 # permission, an answer we cannot use (named in the message).
                 return self._failed(f"{e}; replication stopped, last applied index {self.index}")
         except Exception as e:  # a bug: say so loudly, let systemd restart us
-            self._shutdown_io()
-            self.status.state = st.State.FAILED
-            self.status.error(f"internal error: {e!r}")
             log.critical("internal error, stopping (last applied index %d)", self.index,
                          exc_info=True)
-            return EXIT_CRASH
+            return self._failed(f"internal error: {e!r}", EXIT_CRASH, logged=True)
+        # The events in flight are answered (or time out) before the index is written.
+        yield self.pipeline.quiet()
         self._shutdown_io()
         if self._lost is not None:
             # Not one more write: the index stays where this run left it
@@ -159,12 +167,13 @@ class ReplicationController:
             log.info("stopped; last applied index %d", self.index)
         return EXIT_OK
 
-    def _failed(self, message: str) -> int:
+    def _failed(self, message: str, exit_status: int = EXIT_OPERATOR, logged: bool = False) -> int:
         self._shutdown_io()
         self.status.state = st.State.FAILED
         self.status.error(message)
-        log.critical("%s", message)
-        return EXIT_OPERATOR
+        if not logged:
+            log.critical("%s", message)
+        return exit_status
 
     def stop(self) -> None:
         """Ask the loop to stop after the event in hand; interrupts waits."""
@@ -251,8 +260,12 @@ class ReplicationController:
         while True:
             self._check_running()
             if self._resync_wanted is not None:
+                yield self._settle()
                 reason, self._resync_wanted = self._resync_wanted, None
                 yield self._resync(reason)
+                continue
+            if self.pipeline.stalled:
+                yield self._settle()
                 continue
             self._waiting_for_source = True
             try:
@@ -260,10 +273,11 @@ class ReplicationController:
                     lambda: f"watching {self.mapper.src_prefix!r} from index {self.index + 1}",
                     "source", self.source.next)
             except etcd.EtcdEventIndexCleared as e:
+                yield self._settle()
                 yield self._index_cleared(e)
                 continue
             except defer.CancelledError:
-                if self._resync_wanted is None:
+                if self._resync_wanted is None and not self.pipeline.stalled:
                     raise
                 continue
             finally:
@@ -271,17 +285,18 @@ class ReplicationController:
             guards.check_same_source(self.source_cluster_id, outcome.cluster_id,
                                      self.source.display)
             if isinstance(outcome, WatchProgress):
+                yield self._settle()
                 if outcome.etcd_index < self.index:
                     yield self._check_rollback()
                 yield self._progress(outcome.etcd_index)
                 continue
             event = outcome.event
             self.status.saw_source_index(max(outcome.etcd_index, event.modifiedIndex))
-            if event.modifiedIndex <= self.index:
+            if event.modifiedIndex <= max(self.index, self.pipeline.last_index):
                 log.warning("ignoring stale delivery of %s: index %d is already applied",
-                            describe(event), self.index)
+                            describe(event), max(self.index, self.pipeline.last_index))
                 continue
-            yield self._apply(event)
+            yield self._send(event)
 
     @defer.inlineCallbacks
     def _check_rollback(self):
@@ -293,58 +308,50 @@ class ReplicationController:
     def _progress(self, etcd_index: int):
         """An idle watch: nothing under the prefix up to ``etcd_index``."""
         self.status.saw_source_index(etcd_index)
-        if etcd_index > self.index:
-            self.index = etcd_index
-            self.status.replica_index = etcd_index
+        self.index = self.status.replica_index = max(self.index, etcd_index)
         yield self.checkpoint.progress(self.index)
 
     @defer.inlineCallbacks
-    def _apply(self, event: Event):
-        index = event.modifiedIndex
+    def _send(self, event: Event):
+        """Hand ``event`` to the pipeline as soon as it may go (:mod:`etcdmirror.pipeline`)."""
+        index, pipeline = event.modifiedIndex, self.pipeline
         if log.isEnabledFor(logging.DEBUG):
             log.debug("event %s", describe(event))
-        started = time.perf_counter()
-        yield self.checkpoint.before_apply(index)
-        replaying = self.checkpoint.replaying(index)
-        yield self._take_turn()
-        try:
-            try:
-                outcome = yield self._retrying(
-                    lambda: f"applying {describe(event)}", "destination",
-                    lambda: self.replica.apply(event, replaying=replaying))
-                # Before the gate opens: the keeper decides on what is applied.
-                self.ttl.applied(event, outcome)
-            finally:
-                self.gate.release()
-        except Divergence as e:
-            self.metrics.errors.labels(kind=type(e).__name__).inc()
-            if self.options.on_divergence != "resync":
-                raise MirrorFatal(
-                    f"{e} Replication stopped; last applied index {self.index}. Find "
-                    "what writes to the replica, then restart with --reload (or run "
-                    "with --on-divergence resync).") from None
-            log.warning("%s Resynchronising from a snapshot (--on-divergence resync).", e)
-            yield self._resync("divergence")
-            return
-        except ExpiredEarly as e:
-            self.metrics.errors.labels(kind=type(e).__name__).inc()
-            log.warning("%s Resynchronising from a snapshot.", e)
-            yield self._resync("ttl_expired")
-            return
-        except ApplyError as e:
-            self.metrics.errors.labels(kind=type(e).__name__).inc()
-            raise MirrorFatal(
-                f"{e} Replication stopped; last applied index {self.index}. "
-                "Check the destination, then restart with --reload.") from None
-        except etcd.EtcdException as e:
-            self.metrics.errors.labels(kind=type(e).__name__).inc()
-            raise MirrorFatal(
-                f"could not apply {describe(event)} on the destination: {e}. "
-                f"Replication stopped; last applied index {self.index}.") from None
-        self.index = index
+        while not (yield pipeline.enter(event, lambda: self.checkpoint.before_apply(index),
+                                        self._interruptibly)):
+            yield self._settle()
+            if index <= self.index:
+                return  # a resync (after a divergence) covered it
+        pipeline.send(event, self.checkpoint.replaying(index), time.perf_counter())
+
+    def _finished(self, event: Event, outcome: Outcome, started: float) -> None:
+        """``event`` and every one before it are applied: the index moves past it."""
+        # Before the gate opens: the keeper decides on what is applied.
+        self.ttl.applied(event, outcome)
+        self.index = event.modifiedIndex
         self.checkpoint.applied()
+        self.status.loop_heartbeat = self.clock.seconds()
         record_applied(event, outcome, time.perf_counter() - started, self.status,
                        self.metrics, self.clock, self.options)
+
+    @defer.inlineCallbacks
+    def _settle(self):
+        """Once nothing is in flight, finish what is not, in source order: a transient
+        failure is sent again, any other stops or resyncs (:mod:`etcdmirror.failures`)."""
+        leftovers = yield self._interruptibly(self.pipeline.settled())
+        try:
+            for item in leftovers:
+                outcome = item.outcome
+                if outcome is None:
+                    outcome = yield send_again(item, leftovers, self._retrying, self.replica,
+                                               self.metrics)
+                self._finished(item.event, outcome, item.started)
+        except (ApplyError, etcd.EtcdException) as e:
+            self.pipeline.release()  # a resync takes the gate
+            self.metrics.errors.labels(kind=type(e).__name__).inc()
+            yield self._resync(resync_reason(e, item.event, self.index, self.options))
+        finally:
+            self.pipeline.release()
 
     @defer.inlineCallbacks
     def _index_cleared(self, error: Exception):
@@ -358,15 +365,18 @@ class ReplicationController:
         yield self._resync("index_cleared")
 
     def _source_registered_a_watch(self) -> None:
-        """Waiting for events on a quiet prefix is the loop moving too (systemd's
-        watchdog): the source answers the watches that renew themselves."""
+        """Waiting on a quiet prefix is the loop moving too (systemd's watchdog)."""
         if self._waiting_for_source:
             self.status.loop_heartbeat = self.clock.seconds()
 
     def _ttl_dir_expired(self, key: str) -> None:
         """The TTL keeper found a TTL'd directory run out on the replica: resync."""
-        if self._resync_wanted is None:
-            self._resync_wanted = "ttl_expired"
+        self._resync_wanted = self._resync_wanted or "ttl_expired"
+        self._wake_from_source()
+
+    def _wake_from_source(self) -> None:
+        """Something other than the source needs the loop (a resync is wanted, an
+        event in flight failed): stop waiting for the source."""
         if self._waiting_for_source:
             self._interrupt()
 
@@ -376,7 +386,9 @@ class ReplicationController:
 
         ``started_as``: the reason an interrupted resync was first started for.
         """
-        yield self._take_turn()
+        waiting = self.gate.acquire()  # None: ours at once (the TTL keeper is not writing)
+        if waiting is not None:
+            yield self._interruptibly(waiting)
         try:
             yield self._resync_in_turn(reason, started_as or reason)
         finally:
@@ -400,16 +412,9 @@ class ReplicationController:
                 log_writes=self.options.event_log,
                 max_deletes=None if started_as == "reload" else self.options.max_resync_deletes,
                 refuse_empty_source=reason != "reload")
-        except ResyncRefused as e:
+        except (ResyncRefused, etcd.EtcdException) as e:
             self.metrics.errors.labels(kind=type(e).__name__).inc()
-            what = reason if reason == started_as else f"{reason}, started as {started_as}"
-            raise MirrorFatal(
-                f"Resync ({what}) {e} Replication stopped; last applied index {self.index}. "
-                "The resync stays pending: every start without --reload checks again."
-            ) from None
-        except etcd.EtcdException as e:
-            self.metrics.errors.labels(kind=type(e).__name__).inc()
-            raise MirrorFatal(f"resync ({reason}) failed: {e}") from None
+            raise resync_failure(e, reason, started_as, self.index) from None
         self.index = report.etcd_index
         self.ttl.track_snapshot(report.ttl_nodes, report.etcd_index, read_at, present=True)
         yield self.checkpoint.persist(self.index)
@@ -430,11 +435,6 @@ class ReplicationController:
             report.writes, report.deletes, self.index)
 
     # -- waits a stop interrupts -----------------------------------------------
-
-    def _take_turn(self) -> defer.Deferred:
-        """Fires once the write gate is ours (at once unless the TTL keeper writes)."""
-        waiting = self.gate.acquire()
-        return defer.succeed(None) if waiting is None else self._interruptibly(waiting)
 
     @defer.inlineCallbacks
     def _interruptibly(self, d: defer.Deferred):

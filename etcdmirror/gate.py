@@ -31,6 +31,11 @@ class WriteGate:
     def held(self) -> bool:
         return self._held
 
+    @property
+    def contended(self) -> bool:
+        """Someone waits for the gate."""
+        return bool(self._waiting)
+
     def acquire(self) -> Optional[defer.Deferred]:
         """Take the gate: None when it was free (it is ours now), or a Deferred.
 

@@ -65,3 +65,4 @@ def record_applied(event: Event, outcome: Outcome, elapsed: float, status: st.Mi
     status.last_event_time = clock.seconds()
     if event.key == options.heartbeat_key and event.action in ("set", "update"):
         status.heartbeat_time = st.parse_heartbeat(event.value)
+

@@ -64,12 +64,16 @@ class ReplicaWriter(Protocol):
     """Where events go: the image of the prefix on the destination cluster."""
 
     display: str
+    #: How many events may be on their way at once: :meth:`apply` lands them
+    #: in the order called (the controller treats a writer without it as 1).
+    in_flight: int
 
     def position(self) -> defer.Deferred:
         """Fires with the destination's position (its own index and identity)."""
 
     def apply(self, event: Any, replaying: bool = False) -> defer.Deferred:
-        """Apply one event in order; fires with an :class:`~etcdmirror.applier.Outcome`.
+        """Apply one event, after every one applied before; fires with an
+        :class:`~etcdmirror.applier.Outcome`.
 
         Fails with :class:`~etcdmirror.applier.Divergence` when the replica
         holds what the source never had at this point; ``replaying`` relaxes

@@ -80,6 +80,8 @@ class MirrorStatus:
     watch_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
     #: The TTL keeper's counts (its :meth:`~etcdmirror.ttlkeeper.TtlKeeper.describe`).
     ttl_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
+    #: Events in flight on the destination (:meth:`~etcdmirror.pipeline.EventPipeline.describe`).
+    pipeline_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
     #: ``--ha``: the lock (its :meth:`~etcdmirror.halock.HaLock.describe`).
     ha_info: Optional[Callable[[], Dict[str, Any]]] = field(default=None, repr=False)
 
@@ -152,5 +154,6 @@ class MirrorStatus:
             "loop_heartbeat": self.loop_heartbeat,
             "watch": self.watch_info() if self.watch_info is not None else None,
             "ttl": self.ttl_info() if self.ttl_info is not None else None,
+            "pipeline": self.pipeline_info() if self.pipeline_info is not None else None,
             "ha": self.ha_info() if self.ha_info is not None else None,
         }

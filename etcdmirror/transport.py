@@ -93,10 +93,14 @@ class Transport:
         params: List[Tuple[str, str]],
         form: Optional[List[Tuple[str, str]]] = None,
         timeout: Optional[float] = None,
+        ordered: bool = False,
     ) -> Tuple[str, defer.Deferred]:
         """Send a request for ``key``; ``form`` is sent url-encoded.
 
-        ``timeout`` replaces the client's own for this request.  Returns what
+        ``timeout`` replaces the client's own for this request.  An
+        ``ordered`` write to an ``http://`` endpoint goes on its ordered lane
+        (:meth:`~etcdmirror.writeconn.WritePool.ordered`): pipelined behind
+        every ordered write before it.  Returns what
         names the request in errors, and a Deferred that fires
         with the response as soon as its headers are in (the body is the
         caller's to read) or fails with an etcd error.
@@ -109,9 +113,9 @@ class Transport:
         if method != "GET" and url.isascii():
             body = urlencode(form).encode("ascii") if form is not None else None
             if endpoint.scheme == "http":
-                d = self._writes.request(
-                    endpoint, build_request(method, endpoint, path, self._write_lines, body),
-                    timeout)
+                send = self._writes.ordered if ordered else self._writes.request
+                d = send(endpoint, build_request(method, endpoint, path, self._write_lines, body),
+                         timeout)
             else:
                 d = self._write(method, url, body, timeout)
             d.addErrback(self._failed, what, timeout)

@@ -1,6 +1,7 @@
 """An etcd v2 prefix as the mirror's :class:`~etcdmirror.roles.ReplicaWriter`.
 
-Events are replayed by the :class:`~etcdmirror.applier.EventApplier`.  A
+Events are replayed by the :class:`~etcdmirror.applier.EventApplier`, their
+writes on the client's ordered lane (:meth:`EtcdClient.ordered`).  A
 resync's plan is carried out here: etcd v2 cannot change a node's type in
 place (a key becoming a directory is a delete, then a write), and setting a
 directory that exists is "Not a file" (error 102), so a retried directory
@@ -24,6 +25,7 @@ from etcdmirror.applier import EventApplier, replica_ttl
 from etcdmirror.bounded import run_bounded
 from etcdmirror.client import EtcdClient
 from etcdmirror.keys import KeyMapper
+from etcdmirror.pipeline import PIPELINE_DEPTH
 from etcdmirror.resync import NodeState, Plan, Retry, no_retry
 from etcdmirror.v2source import read_snapshot
 
@@ -40,7 +42,10 @@ class V2ReplicaWriter:
         self.client = client
         self.mapper = mapper
         self.display = client.cluster.display
-        self.applier = EventApplier(client, mapper)
+        #: Events on their way to the destination at once (:mod:`etcdmirror.pipeline`):
+        #: pipelined on one connection to ``http://``; one at a time to ``https://``.
+        self.in_flight = PIPELINE_DEPTH if client.pipelines else 1
+        self.applier = EventApplier(client.ordered(), mapper)
 
     def position(self) -> defer.Deferred:
         """Fires with the destination's index and cluster id (a plain read)."""

@@ -7,8 +7,12 @@ header line, an endpoint and its IDNA check per request, several Deferred
 layers); this client spends about 0.1 ms (BENCHMARKS.md).  It does only what
 etcd's write answers need:
 
-* one request at a time per connection, kept alive between requests (no
-  pipelining: a connection is reused only after its answer was read whole);
+* keep-alive connections, each request answered in the order sent: the
+  pool's connections carry one request at a time (a resync's writes, which
+  need no order, go on several at once); each endpoint's *ordered lane* is
+  one connection on which the replicated events' writes are pipelined, sent
+  back to back in source order (etcd reads and answers the requests of a
+  connection one after another: ``tests/test_pipelining.py``);
 * the request is built by the caller as bytes (:func:`build_request`);
 * the answer's status line, its headers, and a body with ``Content-Length``
   or ``Transfer-Encoding: chunked`` (etcd uses both, by size);
@@ -21,12 +25,13 @@ Plain ``http://`` only: ``https://`` endpoints keep Twisted's ``Agent``,
 whose TLS errors the transport knows how to report.
 """
 
-from typing import Any, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -77,57 +82,130 @@ class RawResponse:
 
 
 class WriteConnection(Protocol):
-    """One keep-alive connection; :meth:`request` one at a time."""
+    """One keep-alive connection; requests are answered in the order sent.
 
-    def __init__(self) -> None:
+    The pool (:meth:`WritePool.request`) sends one request at a time on it;
+    an ordered lane (:meth:`WritePool.ordered`) pipelines them: requests
+    made before the connection is up are sent, in order, once it is.  With
+    a ``clock``, one timer watches the oldest request's deadline (later
+    requests were sent later, with the same timeout); when it passes, that
+    request fails with ``CancelledError`` and the connection is aborted,
+    failing every request behind it.
+    """
+
+    def __init__(self, clock: Optional[IReactorTime] = None) -> None:
         self._buffer = bytearray()
-        self._pending: Optional[defer.Deferred] = None
+        self._pending: Deque[defer.Deferred] = deque()
+        self._deadlines: Deque[float] = deque()
+        self._unsent: List[bytes] = []
+        self._clock = clock
+        self._timer: Optional[IDelayedCall] = None
+        #: The connection attempt of a lane, until it succeeds.
+        self.connecting: Optional[defer.Deferred] = None
         self.usable = True
 
-    def request(self, data: bytes) -> defer.Deferred:
-        """Send ``data``; fires with a :class:`RawResponse`."""
-        assert self._pending is None and self.usable
-        self._pending = defer.Deferred(lambda d: self.abort())
-        self.transport.write(data)
-        return self._pending
+    @property
+    def idle(self) -> bool:
+        """Reusable, and no request waits for an answer."""
+        return (self.usable and not self._pending and self.transport is not None
+                and self.transport.connected)
+
+    def request(self, data: bytes, deadline: Optional[float] = None) -> defer.Deferred:
+        """Send ``data`` after every request before it; fires with a :class:`RawResponse`.
+
+        ``deadline`` (on the ``clock``): see the class docstring.
+        """
+        assert self.usable
+        d = defer.Deferred(lambda d: self.abort())
+        self._pending.append(d)
+        if self.transport is None:
+            self._unsent.append(data)
+        else:
+            self.transport.write(data)
+        if deadline is not None and self._clock is not None:
+            self._deadlines.append(deadline)
+            if self._timer is None:
+                self._timer = self._clock.callLater(
+                    max(0.0, deadline - self._clock.seconds()), self._timed_out)
+        return d
+
+    def connectionMade(self) -> None:
+        self.connecting = None
+        if self._unsent:
+            unsent, self._unsent = self._unsent, []
+            self.transport.writeSequence(unsent)
+
+    def connect_failed(self, failure: Failure) -> None:
+        """The lane's connection attempt failed: so does every request made on it."""
+        self.connecting = None
+        self._fail_all(failure)
 
     def abort(self) -> None:
         self.usable = False
         if self.transport is not None:
             self.transport.abortConnection()
+        elif self.connecting is not None:
+            self.connecting.cancel()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._pending is None:
+        if not self._pending:
             self._fail(BadHttpAnswer("bytes from the server with no request in flight"))
             return
         self._buffer += data
-        try:
-            parsed = _parse(self._buffer)
-        except BadHttpAnswer as e:
-            self._fail(e)
-            return
-        if parsed is None:
-            return
-        response, used, close = parsed
-        del self._buffer[:used]
-        if close or self._buffer:
+        while self._pending and self.usable:
+            try:
+                parsed = _parse(self._buffer)
+            except BadHttpAnswer as e:
+                self._fail(e)
+                return
+            if parsed is None:
+                return
+            response, used, close = parsed
+            del self._buffer[:used]
+            if close:
+                # Whatever was sent after this request gets no answer.
+                self.usable = False
+                self.transport.loseConnection()
+            self._answered().callback(response)
+        if self._buffer and self.usable:
+            # Bytes nobody asked for: this connection cannot be trusted again.
             self.usable = False
             self.transport.loseConnection()
-        pending, self._pending = self._pending, None
-        pending.callback(response)
+
+    def _answered(self) -> defer.Deferred:
+        """The oldest request, taken off the queue; its deadline's timer moves on."""
+        if self._deadlines:
+            self._deadlines.popleft()
+            if self._timer is not None:
+                if self._deadlines:
+                    self._timer.reset(max(0.0, self._deadlines[0] - self._clock.seconds()))
+                else:
+                    self._timer.cancel()
+                    self._timer = None
+        return self._pending.popleft()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._pending:
+            self._pending[0].cancel()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
-        self.usable = False
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.errback(reason)
+        self._fail_all(reason)
 
     def _fail(self, error: Exception) -> None:
+        self.abort()
+        self._fail_all(Failure(error))
+
+    def _fail_all(self, reason: Failure) -> None:
         self.usable = False
-        pending, self._pending = self._pending, None
-        self.transport.abortConnection()
-        if pending is not None:
-            pending.errback(Failure(error))
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._deadlines.clear()
+        pending, self._pending = self._pending, deque()
+        for d in pending:
+            if not d.called:  # a cancelled request failed already
+                d.errback(reason)
 
 
 def _parse(buffer: bytearray) -> Optional[Tuple[RawResponse, int, bool]]:
@@ -218,6 +296,12 @@ class WritePool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self._idle: Dict[Endpoint, List[WriteConnection]] = {}
+        self._lanes: Dict[Endpoint, WriteConnection] = {}
+
+    def _connect(self, endpoint: Endpoint, conn: WriteConnection) -> defer.Deferred:
+        return connectProtocol(
+            HostnameEndpoint(self.reactor, endpoint.host.encode("idna"), endpoint.port,
+                             timeout=self.connect_timeout), conn)
 
     @defer.inlineCallbacks
     def request(self, endpoint: Endpoint, data: bytes, timeout: float):
@@ -229,15 +313,13 @@ class WritePool:
         idle = self._idle.get(endpoint)
         while idle:
             conn = idle.pop()
-            if conn.usable and conn.transport is not None and conn.transport.connected:
+            if conn.idle:
                 break
         else:
             conn = None
         deadline = self.reactor.seconds() + timeout
         if conn is None:
-            conn = yield self._within(connectProtocol(
-                HostnameEndpoint(self.reactor, endpoint.host.encode("idna"), endpoint.port,
-                                 timeout=self.connect_timeout), WriteConnection()), deadline)
+            conn = yield self._within(self._connect(endpoint, WriteConnection()), deadline)
         response = yield self._within(conn.request(data), deadline)
         if conn.usable:
             kept = self._idle.setdefault(endpoint, [])
@@ -246,6 +328,21 @@ class WritePool:
             else:
                 conn.transport.loseConnection()
         return response
+
+    def ordered(self, endpoint: Endpoint, data: bytes, timeout: float) -> defer.Deferred:
+        """Send ``data`` on ``endpoint``'s ordered lane, after every request sent there before.
+
+        Fires with its :class:`RawResponse`.  No answer within ``timeout``
+        seconds (connecting included): this request fails with
+        ``CancelledError`` and every one behind it with the aborted
+        connection; the next request opens a new lane.
+        """
+        lane = self._lanes.get(endpoint)
+        if lane is None or not lane.usable:
+            lane = self._lanes[endpoint] = WriteConnection(self.reactor)
+            lane.connecting = self._connect(endpoint, lane)
+            lane.connecting.addErrback(lane.connect_failed)
+        return lane.request(data, self.reactor.seconds() + timeout)
 
     @defer.inlineCallbacks
     def _within(self, d: defer.Deferred, deadline: float):
@@ -259,9 +356,12 @@ class WritePool:
         return result
 
     def close(self) -> None:
-        """Close the idle connections."""
-        for conns in self._idle.values():
-            for conn in conns:
-                if conn.transport is not None:
-                    conn.transport.loseConnection()
+        """Close the idle connections and the lanes (requests in flight there fail)."""
+        conns = [conn for kept in self._idle.values() for conn in kept]
+        for conn in conns + list(self._lanes.values()):
+            if conn.transport is not None:
+                conn.transport.loseConnection()
+            elif conn.connecting is not None:
+                conn.connecting.cancel()
         self._idle.clear()
+        self._lanes.clear()

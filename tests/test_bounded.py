@@ -61,8 +61,13 @@ class RecordingClient:
     class cluster:
         display = "dst"
 
+    pipelines = False
+
     def __init__(self):
         self.calls, self.in_flight, self.max_in_flight = [], [], 0
+
+    def ordered(self):
+        return self
 
     def _request(self, what):
         self.calls.append(what)

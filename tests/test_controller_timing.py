@@ -156,7 +156,7 @@ def test_an_event_waits_for_a_ttl_refresh_in_progress():
     event = Event.from_payload({"action": "set",
                                 "node": {"key": "/a/x", "value": "1", "modifiedIndex": 11}})
     assert c.gate.acquire() is None          # the TTL keeper is writing
-    c._apply(event)
+    c._send(event)
     assert applied == []
     c.gate.release()
     assert applied == [11] and c.index == 11 and not c.gate.held

@@ -307,7 +307,7 @@ def test_the_client_fence_refuses_writes_without_the_lease_and_lets_reads_throug
     client = EtcdClient(parse_cluster("http://127.0.0.1:1"), Clock(), fence=lease)
     calls = []
 
-    def request(method, key, params, form=None, timeout=None):
+    def request(method, key, params, form=None, timeout=None, ordered=False):
         calls.append((method, key, timeout))
         return f"{method} {key!r}", defer.Deferred()
 

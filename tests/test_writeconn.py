@@ -5,6 +5,7 @@ chunked, runs a real mirror between real etcd servers."""
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
@@ -156,3 +157,60 @@ def test_large_values_replicate_through_chunked_answers(src, dst, mirror):
     src.set("/big/b", big, prevValue=bigger)
     wait_same(src, dst, "/big", "/replica/big")
     assert m.metric("etcdmirror_events_total", 'action="compareAndSwap",outcome="applied"') == 1
+
+
+# -- the ordered lane: requests pipelined on one connection -------------------------
+
+def answer(n):
+    body = b'{"n":%d}' % n
+    return HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_requests_made_before_the_connection_is_up_go_out_in_order_once_it_is():
+    conn = WriteConnection()
+    got = [answered(conn.request(b"PUT %d\r\n" % i)) for i in range(3)]
+    transport = StringTransport()
+    conn.makeConnection(transport)
+    assert transport.value() == b"PUT 0\r\nPUT 1\r\nPUT 2\r\n"
+    conn.dataReceived(answer(0) + answer(1))
+    conn.dataReceived(answer(2)[:10])
+    assert [body_of(g[0]) for g in got[:2]] == [b'{"n":0}', b'{"n":1}'] and got[2] == []
+    conn.dataReceived(answer(2)[10:])
+    assert body_of(got[2][0]) == b'{"n":2}' and conn.idle
+
+
+def test_a_connection_close_answer_fails_the_requests_behind_it():
+    conn, transport = connection()
+    first, second = answered(conn.request(b"PUT 1")), answered(conn.request(b"PUT 2"))
+    conn.dataReceived(HEAD + b"Connection: close\r\nContent-Length: 2\r\n\r\n{}")
+    assert first[0].code == 200 and second == [] and transport.disconnecting
+    conn.connectionLost(Failure(ConnectionLost()))
+    assert second[0].check(ConnectionLost)
+
+
+def test_one_timer_follows_the_oldest_request_s_deadline():
+    clock = Clock()
+    conn = WriteConnection(clock)
+    transport = StringTransport()
+    conn.makeConnection(transport)
+    first = answered(conn.request(b"PUT 1", deadline=5.0))
+    clock.advance(2)
+    second = answered(conn.request(b"PUT 2", deadline=7.0))
+    third = answered(conn.request(b"PUT 3", deadline=7.5))
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(2.9)                                     # t=4.9
+    conn.dataReceived(answer(1))
+    assert first[0].code == 200
+    clock.advance(2.0)                                     # t=6.9: the second's deadline is 7
+    assert second == [] and conn.usable
+    clock.advance(0.2)                                     # t=7.1
+    assert second[0].check(defer.CancelledError) and transport.disconnected
+    conn.connectionLost(Failure(ConnectionLost()))
+    assert third[0].check(ConnectionLost) and not clock.getDelayedCalls()
+
+
+def test_a_lane_whose_connection_attempt_fails_fails_every_request_made_on_it():
+    conn = WriteConnection()
+    got = [answered(conn.request(b"PUT %d" % i)) for i in range(2)]
+    conn.connect_failed(Failure(ConnectionLost("refused")))
+    assert all(g[0].check(ConnectionLost) for g in got) and not conn.usable
