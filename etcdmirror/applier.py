@@ -160,7 +160,10 @@ class EventApplier:
     def _check_replay(self, failure: Any, event: Event, key: str, *expected: type):
         """After a failed condition: was the event applied already?"""
         failure.trap(*expected)
-        found = yield self.destination.get_or_none(key)
+        # Through consensus: the write that failed may have gone to another
+        # member than this read (the ordered lane stays on its endpoint while
+        # writes wait there), and a member may lag behind the others.
+        found = yield self.destination.get_or_none(key, quorum=True)
         if _matches(found, event):
             return Outcome.REPLAYED
         if found is None and event.action in ("update", "compareAndSwap") and _had_ttl(event):

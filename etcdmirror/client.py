@@ -199,10 +199,10 @@ class EtcdClient:
         return stream
 
     @defer.inlineCallbacks
-    def get_or_none(self, key: str):
+    def get_or_none(self, key: str, quorum: bool = False):
         """Fires with the node at ``key`` (an :class:`etcd.EtcdResult`), or None when it does not exist."""
         try:
-            answer = yield self.get(key)
+            answer = yield self.get(key, quorum=quorum)
         except etcd.EtcdKeyNotFound:
             return None
         return answer.result

@@ -315,8 +315,6 @@ class ReplicationController:
     def _send(self, event: Event):
         """Hand ``event`` to the pipeline as soon as it may go (:mod:`etcdmirror.pipeline`)."""
         index, pipeline = event.modifiedIndex, self.pipeline
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("event %s", describe(event))
         while not (yield pipeline.enter(event, lambda: self.checkpoint.before_apply(index),
                                         self._interruptibly)):
             yield self._settle()
@@ -330,7 +328,6 @@ class ReplicationController:
         self.ttl.applied(event, outcome)
         self.index = event.modifiedIndex
         self.checkpoint.applied()
-        self.status.loop_heartbeat = self.clock.seconds()
         record_applied(event, outcome, time.perf_counter() - started, self.status,
                        self.metrics, self.clock, self.options)
 
@@ -347,11 +344,14 @@ class ReplicationController:
                                                self.metrics)
                 self._finished(item.event, outcome, item.started)
         except (ApplyError, etcd.EtcdException) as e:
-            self.pipeline.release()  # a resync takes the gate
+            # The gate stays ours (the TTL keeper must not act on a replica with
+            # later events landed past this one): for the resync, or to the end.
             self.metrics.errors.labels(kind=type(e).__name__).inc()
-            yield self._resync(resync_reason(e, item.event, self.index, self.options))
-        finally:
-            self.pipeline.release()
+            reason = resync_reason(e, item.event, self.index, self.options)
+            self.pipeline.hand_over()
+            yield self._resync(reason, gate_held=True)
+            return
+        self.pipeline.release()
 
     @defer.inlineCallbacks
     def _index_cleared(self, error: Exception):
@@ -375,18 +375,18 @@ class ReplicationController:
         self._wake_from_source()
 
     def _wake_from_source(self) -> None:
-        """Something other than the source needs the loop (a resync is wanted, an
-        event in flight failed): stop waiting for the source."""
+        """Stop waiting for the source: a resync is wanted, or an event in flight failed."""
         if self._waiting_for_source:
             self._interrupt()
 
     @defer.inlineCallbacks
-    def _resync(self, reason: str, started_as: Optional[str] = None):
+    def _resync(self, reason: str, started_as: Optional[str] = None, gate_held: bool = False):
         """Reconcile the destination with a snapshot; the index becomes its index.
 
-        ``started_as``: the reason an interrupted resync was first started for.
+        ``started_as``: the reason an interrupted resync was first started for;
+        ``gate_held``: the caller holds the write gate already (released after).
         """
-        waiting = self.gate.acquire()  # None: ours at once (the TTL keeper is not writing)
+        waiting = None if gate_held else self.gate.acquire()  # None: ours already
         if waiting is not None:
             yield self._interruptibly(waiting)
         try:

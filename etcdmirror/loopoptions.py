@@ -62,7 +62,7 @@ def record_applied(event: Event, outcome: Outcome, elapsed: float, status: st.Mi
         log.info("Replicating key %s at index %d (%s, %s)", event.key, event.modifiedIndex,
                  event.action, EVENT_LOG_OUTCOMES[outcome])
     status.replica_index = event.modifiedIndex
-    status.last_event_time = clock.seconds()
+    status.last_event_time = status.loop_heartbeat = clock.seconds()
     if event.key == options.heartbeat_key and event.action in ("set", "update"):
         status.heartbeat_time = st.parse_heartbeat(event.value)
 

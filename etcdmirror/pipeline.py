@@ -130,6 +130,8 @@ class EventPipeline:
     def send(self, event: Event, replaying: bool, started: float) -> None:
         """Send ``event`` (after :meth:`admits` and :meth:`turn`)."""
         assert self._holding, "send() without the write gate"
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("event %s", describe(event))
         item = InFlight(event, replaying, started)
         self._queue.append(item)
         self._most = max(self._most, len(self._queue))
@@ -191,6 +193,11 @@ class EventPipeline:
         if self._holding and not self._queue:
             self._holding = False
             self.gate.release()
+
+    def hand_over(self) -> None:
+        """The caller keeps the write gate (nothing in flight): releasing it is its business."""
+        assert not self._queue
+        self._holding = False
 
     def _answered(self, outcome: Outcome, item: InFlight) -> None:
         item.outcome = outcome

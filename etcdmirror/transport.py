@@ -105,7 +105,8 @@ class Transport:
         with the response as soon as its headers are in (the body is the
         caller's to read) or fails with an etcd error.
         """
-        endpoint = self.endpoint
+        # An ordered write follows the ones still waiting on the lane's endpoint.
+        endpoint = (ordered and self._writes.lane_endpoint()) or self.endpoint
         what = f"{method} {key!r} on {self.name} {endpoint.url}"
         path = "/v2/keys" + quote(key, safe="/") + ("?" + urlencode(params) if params else "")
         url = endpoint.url + path

@@ -30,7 +30,7 @@ from typing import Any, Deque, Dict, List, Optional, Tuple
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -116,7 +116,7 @@ class WriteConnection(Protocol):
         ``deadline`` (on the ``clock``): see the class docstring.
         """
         assert self.usable
-        d = defer.Deferred(lambda d: self.abort())
+        d = defer.Deferred(self._cancelled)
         self._pending.append(d)
         if self.transport is None:
             self._unsent.append(data)
@@ -140,12 +140,27 @@ class WriteConnection(Protocol):
         self.connecting = None
         self._fail_all(failure)
 
-    def abort(self) -> None:
+    @property
+    def waiting(self) -> bool:
+        """Some request sent here waits for its answer."""
+        return bool(self._pending)
+
+    def _cancelled(self, d: defer.Deferred) -> None:
+        """A request given up on (its deadline, or its caller): it fails with
+        ``CancelledError``, and the connection goes with it."""
+        if d in self._pending:
+            self._pending.remove(d)
+        self.abort()
+
+    def abort(self, why: str = "connection aborted after a request was given up on") -> None:
+        """Drop the connection; every request still waiting fails now, not later:
+        nothing sent after this can be answered before them."""
         self.usable = False
         if self.transport is not None:
             self.transport.abortConnection()
         elif self.connecting is not None:
             self.connecting.cancel()
+        self._fail_all(Failure(ConnectionAborted(why)))
 
     def dataReceived(self, data: bytes) -> None:
         if not self._pending:
@@ -163,10 +178,13 @@ class WriteConnection(Protocol):
             response, used, close = parsed
             del self._buffer[:used]
             if close:
-                # Whatever was sent after this request gets no answer.
                 self.usable = False
                 self.transport.loseConnection()
             self._answered().callback(response)
+            if close:
+                # Whatever was sent after this request gets no answer.
+                self._fail_all(Failure(ConnectionDone(
+                    "the server closed the connection after an answer")))
         if self._buffer and self.usable:
             # Bytes nobody asked for: this connection cannot be trusted again.
             self.usable = False
@@ -193,8 +211,8 @@ class WriteConnection(Protocol):
         self._fail_all(reason)
 
     def _fail(self, error: Exception) -> None:
-        self.abort()
         self._fail_all(Failure(error))
+        self.abort()
 
     def _fail_all(self, reason: Failure) -> None:
         self.usable = False
@@ -296,7 +314,9 @@ class WritePool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self._idle: Dict[Endpoint, List[WriteConnection]] = {}
-        self._lanes: Dict[Endpoint, WriteConnection] = {}
+        #: The ordered lane, and the endpoint it is connected to.
+        self._lane: Optional[WriteConnection] = None
+        self._lane_endpoint: Optional[Endpoint] = None
 
     def _connect(self, endpoint: Endpoint, conn: WriteConnection) -> defer.Deferred:
         return connectProtocol(
@@ -329,17 +349,28 @@ class WritePool:
                 conn.transport.loseConnection()
         return response
 
+    def lane_endpoint(self) -> Optional[Endpoint]:
+        """The endpoint of the ordered lane while writes sent there wait for their
+        answers: the next ordered write must go there too, behind them, even if
+        the cluster's current endpoint moved meanwhile (another request failed)."""
+        lane = self._lane
+        return self._lane_endpoint if lane is not None and lane.waiting else None
+
     def ordered(self, endpoint: Endpoint, data: bytes, timeout: float) -> defer.Deferred:
-        """Send ``data`` on ``endpoint``'s ordered lane, after every request sent there before.
+        """Send ``data`` on the ordered lane, after every request sent there before.
 
         Fires with its :class:`RawResponse`.  No answer within ``timeout``
         seconds (connecting included): this request fails with
-        ``CancelledError`` and every one behind it with the aborted
-        connection; the next request opens a new lane.
+        ``CancelledError`` and every one behind it at once with the aborted
+        connection; the next request opens a new lane.  A lane to another
+        endpoint is replaced (callers follow :meth:`lane_endpoint`).
         """
-        lane = self._lanes.get(endpoint)
-        if lane is None or not lane.usable:
-            lane = self._lanes[endpoint] = WriteConnection(self.reactor)
+        lane = self._lane
+        if lane is None or not lane.usable or self._lane_endpoint != endpoint:
+            if lane is not None and lane.usable:
+                lane.abort("the ordered lane moved to another endpoint")
+            lane = self._lane = WriteConnection(self.reactor)
+            self._lane_endpoint = endpoint
             lane.connecting = self._connect(endpoint, lane)
             lane.connecting.addErrback(lane.connect_failed)
         return lane.request(data, self.reactor.seconds() + timeout)
@@ -358,10 +389,10 @@ class WritePool:
     def close(self) -> None:
         """Close the idle connections and the lanes (requests in flight there fail)."""
         conns = [conn for kept in self._idle.values() for conn in kept]
-        for conn in conns + list(self._lanes.values()):
+        for conn in conns + ([self._lane] if self._lane is not None else []):
             if conn.transport is not None:
                 conn.transport.loseConnection()
             elif conn.connecting is not None:
                 conn.connecting.cancel()
         self._idle.clear()
-        self._lanes.clear()
+        self._lane = None

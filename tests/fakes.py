@@ -184,10 +184,10 @@ class MemoryCheckpoint:
         return defer.succeed(None)
 
 
-def mirror(checkpoint, **options):
+def mirror(checkpoint, make_replica=MemoryReplica, transient=lambda error: False, **options):
     clock, mapper = Clock(), KeyMapper("/a", "/b")
     status = st.MirrorStatus("memory://source", "memory://replica", "/a", "/b", "memory-index")
-    sources, replica = [], MemoryReplica(mapper)
+    sources, replica = [], make_replica(mapper)
 
     def make_source(**hooks):
         sources.append(MemorySource(**hooks))
@@ -195,5 +195,5 @@ def mirror(checkpoint, **options):
 
     c = ReplicationController(make_source, replica, checkpoint, mapper, status,
                               Metrics(CollectorRegistry(), status, "memory", "/b"), clock,
-                              Options(**options), transient=lambda error: False)
+                              Options(**options), transient=transient)
     return c, sources[0], replica, clock

@@ -6,7 +6,7 @@ chunked, runs a real mirror between real etcd servers."""
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionAborted, ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
 try:
@@ -15,7 +15,7 @@ except ImportError:  # Twisted < 21.2
     from twisted.test.proto_helpers import StringTransport
 
 from etcdmirror.endpoints import Endpoint
-from etcdmirror.writeconn import BadHttpAnswer, WriteConnection, build_request
+from etcdmirror.writeconn import BadHttpAnswer, WriteConnection, WritePool, build_request
 from tests.helpers import wait_same
 
 HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -183,9 +183,9 @@ def test_a_connection_close_answer_fails_the_requests_behind_it():
     conn, transport = connection()
     first, second = answered(conn.request(b"PUT 1")), answered(conn.request(b"PUT 2"))
     conn.dataReceived(HEAD + b"Connection: close\r\nContent-Length: 2\r\n\r\n{}")
-    assert first[0].code == 200 and second == [] and transport.disconnecting
-    conn.connectionLost(Failure(ConnectionLost()))
-    assert second[0].check(ConnectionLost)
+    # At once, not when the connection is gone: nothing sent later overtakes them.
+    assert first[0].code == 200 and second[0].check(ConnectionDone)
+    assert transport.disconnecting and not conn.waiting
 
 
 def test_one_timer_follows_the_oldest_request_s_deadline():
@@ -205,8 +205,8 @@ def test_one_timer_follows_the_oldest_request_s_deadline():
     assert second == [] and conn.usable
     clock.advance(0.2)                                     # t=7.1
     assert second[0].check(defer.CancelledError) and transport.disconnected
-    conn.connectionLost(Failure(ConnectionLost()))
-    assert third[0].check(ConnectionLost) and not clock.getDelayedCalls()
+    assert third[0].check(ConnectionAborted) and not clock.getDelayedCalls()
+    conn.connectionLost(Failure(ConnectionLost()))       # nothing left to fail
 
 
 def test_a_lane_whose_connection_attempt_fails_fails_every_request_made_on_it():
@@ -214,3 +214,23 @@ def test_a_lane_whose_connection_attempt_fails_fails_every_request_made_on_it():
     got = [answered(conn.request(b"PUT %d" % i)) for i in range(2)]
     conn.connect_failed(Failure(ConnectionLost("refused")))
     assert all(g[0].check(ConnectionLost) for g in got) and not conn.usable
+
+
+def test_the_ordered_lane_stays_on_its_endpoint_while_writes_wait_there():
+    pool, connects = WritePool(Clock()), []
+
+    def connect(endpoint, conn):
+        connects.append(endpoint)
+        conn.makeConnection(StringTransport())
+        return defer.succeed(conn)
+
+    pool._connect = connect
+    one, two = Endpoint("http", "one", 1), Endpoint("http", "two", 2)
+    assert pool.lane_endpoint() is None
+    first = answered(pool.ordered(one, b"PUT 1", 10))
+    assert pool.lane_endpoint() == one                     # the transport sends there next
+    lane = pool._lane
+    lane.dataReceived(answer(1))
+    assert first[0].code == 200 and pool.lane_endpoint() is None
+    answered(pool.ordered(two, b"PUT 2", 10))             # idle: free to move
+    assert connects == [one, two] and not lane.usable
