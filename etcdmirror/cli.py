@@ -94,6 +94,11 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
               type=click.FloatRange(0.1, 600),
               help="Re-register a watch that saw no event for this long, to learn the "
               "source's current index.")
+@click.option("--write-pipeline", default=32, show_default=True, metavar="N",
+              type=click.IntRange(1, 256),
+              help="Event writes in flight at once on one connection to an http:// "
+              "destination, sent and applied in source order (1: each waits for the "
+              "answer to the one before). To https:// destinations: always 1.")
 @click.option("--ha", is_flag=True,
               help="Active/standby: run this same mirror on several hosts; only the one "
               "holding the lock key <index key>.lock on the destination replicates, the "
@@ -112,8 +117,8 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
          max_resync_deletes: DeleteLimit,
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_stream: bool,
-         watch_idle_timeout: float, check_config: bool, listen_address: str,
-         ha: bool, ha_ttl: Optional[int],
+         watch_idle_timeout: float, write_pipeline: int, check_config: bool,
+         listen_address: str, ha: bool, ha_ttl: Optional[int],
          src: Cluster, dst: Cluster, **sides: Any) -> None:
     """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
     if ha_ttl is not None and not ha:
@@ -139,7 +144,8 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
                             idle_timeout=watch_idle_timeout),
         verify_interval=verify_interval, heartbeat_interval=heartbeat_interval,
         max_replica_age=max_replica_age, listen_address=listen_address,
-        src_tls=src_tls, dst_tls=dst_tls, ha_ttl=(ha_ttl or 10) if ha else None)
+        src_tls=src_tls, dst_tls=dst_tls, ha_ttl=(ha_ttl or 10) if ha else None,
+        write_pipeline=write_pipeline)
     sys.exit(run(src, dst, mapper, dst_prefix, port, options, daemon))
 
 

@@ -27,6 +27,7 @@ from etcdmirror.keys import KeyMapper, probe_key
 from etcdmirror.metrics import Metrics
 from etcdmirror.sdnotify import Notifier, SystemdReporter
 from etcdmirror.status import MirrorStatus, Role
+from etcdmirror.pipeline import PIPELINE_DEPTH
 from etcdmirror.transport import make_pool
 from etcdmirror.ttlkeeper import CONCURRENCY as TTL_CONCURRENCY
 from etcdmirror.ttlkeeper import TtlKeeper
@@ -65,6 +66,8 @@ class DaemonOptions:
     dst_tls: Any = None
     #: ``--ha``: the lock's TTL in seconds (None: no HA, always active).
     ha_ttl: Optional[int] = None
+    #: ``--write-pipeline``: event writes in flight at once (``http://`` only).
+    write_pipeline: int = PIPELINE_DEPTH
 
 
 def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port: int,
@@ -93,7 +96,7 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     store = IndexStore(destination, mapper, exclusive=ha is not None)
     controller = ReplicationController(
         partial(V2SourceReader, source, mapper.src_prefix, reactor, daemon.watch),
-        V2ReplicaWriter(destination, mapper), store,
+        V2ReplicaWriter(destination, mapper, daemon.write_pipeline), store,
         mapper, status, metrics, reactor, options, transient=is_transient,
         make_keeper=partial(TtlKeeper, source, destination, mapper, reactor, metrics=metrics))
     try:

@@ -38,13 +38,14 @@ RESYNC_CONCURRENCY = 8
 class V2ReplicaWriter:
     """Writes the image of the source prefix under the destination prefix."""
 
-    def __init__(self, client: EtcdClient, mapper: KeyMapper) -> None:
+    def __init__(self, client: EtcdClient, mapper: KeyMapper,
+                 pipeline: int = PIPELINE_DEPTH) -> None:
         self.client = client
         self.mapper = mapper
         self.display = client.cluster.display
         #: Events on their way to the destination at once (:mod:`etcdmirror.pipeline`):
-        #: pipelined on one connection to ``http://``; one at a time to ``https://``.
-        self.in_flight = PIPELINE_DEPTH if client.pipelines else 1
+        #: ``pipeline``, on one connection to ``http://``; one at a time to ``https://``.
+        self.in_flight = pipeline if client.pipelines else 1
         self.applier = EventApplier(client.ordered(), mapper)
 
     def position(self) -> defer.Deferred:

@@ -43,6 +43,8 @@ def assert_no_connection(sock):
     (["--max-resync-deletes", "150%"], "--max-resync-deletes"),
     (["--max-resync-deletes", "2.5"], "--max-resync-deletes"),
     (["--max-resync-deletes", ""], "--max-resync-deletes"),
+    (["--write-pipeline", "0"], "--write-pipeline"),
+    (["--write-pipeline", "many"], "--write-pipeline"),
 ])
 def test_usage_errors_name_the_flag_and_exit_2(listener, args, flag):
     url, sock = listener
@@ -106,3 +108,9 @@ def test_max_resync_deletes_takes_a_count_or_a_percentage(listener, value):
 def test_max_resync_deletes_is_explained_in_help():
     result = run("--help")
     assert "--max-resync-deletes" in result.stdout and "10%" in result.stdout
+
+
+def test_write_pipeline_defaults_to_the_pipeline_s_depth():
+    from etcdmirror.pipeline import PIPELINE_DEPTH
+    result = run("--help")
+    assert f"destinations: always 1. [default: {PIPELINE_DEPTH}" in " ".join(result.stdout.split())

@@ -14,6 +14,8 @@ every event sent and not answered is sent again, in order, and nothing is lost.
 
 from urllib.parse import urlsplit
 
+import pytest
+
 from tests.helpers import V2, wait_for, wait_same
 from tests.tcpproxy import CuttableProxy
 
@@ -60,12 +62,14 @@ def start_then_stop(src: V2, dst: V2, mirror) -> int:
     return dst.index()
 
 
-def test_a_catch_up_lands_every_event_in_source_order(src, dst, mirror):
+@pytest.mark.parametrize("depth", [None, "1"])
+def test_a_catch_up_lands_every_event_in_source_order(src, dst, mirror, depth):
     dst_before = start_then_stop(src, dst, mirror)
     src_before = src.index()
     burst(src, 60)
     source = history(src, PREFIX, src_before, src.index() - src_before)
-    m = mirror(src.url, dst.url, "--src-prefix", PREFIX)
+    m = mirror(src.url, dst.url, "--src-prefix", PREFIX,
+               *(["--write-pipeline", depth] if depth else []))
     wait_same(src, dst, PREFIX, IMAGE)
     wait_for(lambda: m.metric("etcdmirror_replicated_events_total") >= len(source),
              message="every event counted")
@@ -73,7 +77,10 @@ def test_a_catch_up_lands_every_event_in_source_order(src, dst, mirror):
     # An expired or recursive delete says "delete" on both sides here (no TTLs).
     assert replica == source
     pipeline = m.status()["pipeline"]
-    assert pipeline["depth"] == 32 and pipeline["most_in_flight"] > 1, pipeline
+    if depth is None:
+        assert pipeline["depth"] == 32 and pipeline["most_in_flight"] > 1, pipeline
+    else:
+        assert pipeline["depth"] == pipeline["most_in_flight"] == 1, pipeline
     assert "out of source order" not in m.log()
 
 

@@ -33,6 +33,8 @@
 # @param verify_interval       --verify-interval (0: never).
 # @param watch_concurrency     --watch-concurrency.
 # @param watch_stream          false: --no-watch-stream (a proxy that buffers answers).
+# @param write_pipeline        --write-pipeline (passed when not the default 32; 1: one
+#   event write at a time).
 # @param reload                --reload at every start: a hitless resync each
 #   time the service (re)starts.  Needed once for a new replica.
 # @param ha                    --ha: active/standby.  Declare the same instance
@@ -77,6 +79,7 @@ define etcdmirror::instance (
   Numeric                $verify_interval       = 0,
   Integer[1, 256]        $watch_concurrency     = 16,
   Boolean                $watch_stream          = true,
+  Integer[1, 256]        $write_pipeline        = 32,
   Boolean                $reload                = false,
   Boolean                $ha                    = false,
   Optional[Integer[2, 3600]] $ha_ttl            = undef,

@@ -180,7 +180,7 @@ SAMPLES = {
         "src_ignore_keys_regex": NASTY_REGEX, "ignore_keys_regex": NASTY_REGEX,
         "enable": False, "auto_resync": False, "strip": False, "port": 8002,
         "on_divergence": "resync", "reload": True, "max_replica_age": 2.5,
-        "watch_stream": False,
+        "watch_stream": False, "write_pipeline": 1,
         "dst_credentials": "user:p@ss w'rd\"$x\\y"},
 }
 
@@ -228,6 +228,7 @@ def expected(p):
     args += ["--verify-interval", number(p["verify_interval"])] if p["verify_interval"] > 0 else []
     args += ["--watch-concurrency", str(p["watch_concurrency"])]
     args += [] if p["watch_stream"] else ["--no-watch-stream"]
+    args += ["--write-pipeline", str(p["write_pipeline"])] if p["write_pipeline"] != 32 else []
     args += ["--reload"] if p["reload"] else []
     args += ["--ha"] if p["ha"] else []
     args += ["--ha-ttl", str(p["ha_ttl"])] if p["ha_ttl"] is not None else []
