@@ -28,9 +28,12 @@ from typing import Dict, List, Tuple
 from bench.common import BENCH_DIR, KEYS_PER_SET, log
 from bench.machine import (cpu_seconds, loadavg, machine_busy, machine_busy_share,
                            machine_info, memory_kb)
-from bench.probe import Probe, percentile
+from bench.probe import FloorProbe, Probe, percentile
 from bench.profiling import PySpy, profile_tables
 from bench.rig import STOP_TIMEOUT, Rig
+
+#: Written and watched on the destination, outside the replica: its own latency.
+FLOOR_KEY = "/bench-probe-floor"
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -164,6 +167,8 @@ class Bench(Rig):
         index_before = self.src_client.index()
         probe = Probe(self.src.url, self.dst.url, self.args.probe_ms / 1000, self.probe_seq)
         probe.start()
+        floor = FloorProbe(self.dst.url, FLOOR_KEY, self.args.probe_ms / 1000)
+        floor.start()
         busy_before = machine_busy()
         self.writers.start_paced(rate, duration)
         started = time.perf_counter()
@@ -186,6 +191,7 @@ class Bench(Rig):
         max_lag = max(max_lag, end_lag)
         probe.stop_writing.set()
         probe.writer.join(5)
+        dst_floor = floor.stop()
         _, drain = self.caught_up(self.args.drain_timeout, poll=0.01)
         if drain is None:
             self.note("rate %g: the replica did not catch up within %.0fs after the load"
@@ -198,6 +204,8 @@ class Bench(Rig):
         if probe.error is not None:
             raise RuntimeError("probe failed: %r" % (probe.error,))
         lat, missing, superseded = probe.latencies_ms()
+        src_lat = probe.source_latencies_ms()
+        hops = probe.hops_ms()
         after = self.resyncs()
         resyncs = {k: v - resyncs_before.get(k, 0) for k, v in after.items()
                    if v - resyncs_before.get(k, 0)}
@@ -207,6 +215,10 @@ class Bench(Rig):
             "writes": written["ops"], "write_errors": written["errors"],
             "late_p99_ms": written["late_p99_ms"], "probes": len(probe.sent),
             "p50": percentile(lat, 50), "p99": percentile(lat, 99),
+            "src_p50": percentile(src_lat, 50), "src_p99": percentile(src_lat, 99),
+            "hop_p50": percentile(hops, 50), "hop_p99": percentile(hops, 99),
+            "dst_floor_p50": percentile(dst_floor, 50),
+            "dst_floor_p99": percentile(dst_floor, 99),
             "max": max(lat) if lat else float("nan"),
             "probe_missing": missing, "probe_superseded": superseded,
             "max_lag": max_lag, "end_lag": end_lag, "drain_s": drain,
@@ -214,6 +226,11 @@ class Bench(Rig):
             "equal": equal, "verify": detail, "events": events, "cpu_s": cpu,
             "cpu_ms_per_event": cpu / max(1, events) * 1000, "machine_busy": busy,
         }
+        log("sustained %g/s: probe visible on the source p50 %.1f p99 %.1f ms; source -> "
+            "destination hop p50 %.1f p99 %.1f ms; a write and watch on the destination "
+            "alone p50 %.1f p99 %.1f ms"
+            % (rate, result["src_p50"], result["src_p99"], result["hop_p50"],
+               result["hop_p99"], result["dst_floor_p50"], result["dst_floor_p99"]))
         log("sustained %g/s: achieved %.0f/s; probe p50 %.1f p99 %.1f max %.1f ms; "
             "max lag %d, end lag %d, drain %s; resyncs %s; tree %s"
             % (rate, result["achieved"], result["p50"], result["p99"], result["max"],

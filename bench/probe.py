@@ -3,7 +3,13 @@
 A thread writes :data:`~bench.common.PROBE_KEY` = a new sequence number at a
 fixed interval on the source; another watches the replica key on the
 destination (one long-poll watch at a time, so the time a value is first
-visible is known to about a millisecond).
+visible is known to about a millisecond).  A third watches the key on the
+source itself: the time until a write is visible *there* is the part of the
+latency the mirror has nothing to do with (the source's write, its watch, this
+process).  Per write, destination-visible minus source-visible is the *hop*: the
+mirror's part plus the destination's write and watch.  :class:`FloorProbe`
+writes and watches a key of the destination's own, outside the replica: the
+destination's part alone, the floor under the hop.
 """
 
 import threading
@@ -38,17 +44,29 @@ class Probe:
         self.sent: Dict[int, float] = {}
         self.seen: List[Tuple[int, float]] = []  # (value, time first seen), in order
         self.exact = set()  # values seen as such on the destination
+        self.src_watch = BlockingClient(src_url, timeout=WATCH_TIMEOUT)
+        self.src_seen: List[Tuple[int, float]] = []  # the same, on the source
         self.stop_writing = threading.Event()
         self.stop_watching = threading.Event()
         self.error: Optional[BaseException] = None
         self.writer = threading.Thread(target=self._write_loop, daemon=True)
         self.watcher = threading.Thread(target=self._watch_loop, daemon=True)
+        self.src_watcher = threading.Thread(target=self._watch_source, daemon=True)
 
     def start(self) -> None:
-        # The watch starts at the destination's current index, before any write.
+        # The watches start at each side's current index, before any write.
         self.watch_from = self.reader.index() + 1
+        self.src_watch_from = self.src.index() + 1
         self.watcher.start()
+        self.src_watcher.start()
         self.writer.start()
+
+    def _watch_source(self) -> None:
+        try:
+            watch_own(self.src_watch, PROBE_KEY, self.src_watch_from, self.src_seen,
+                      self.stop_watching)
+        except BaseException as e:
+            self.error = e
 
     def _write_loop(self) -> None:
         try:
@@ -126,25 +144,111 @@ class Probe:
         self.stop_watching.set()
         self.writer.join(5)
         self.watcher.join(5)
+        self.src_watcher.join(5)
         self.src.close()
         self.reader.close()
 
-    def latencies_ms(self) -> Tuple[List[float], int, int]:
+    def source_latencies_ms(self) -> List[float]:
+        """Latencies in ms until each write was visible on the source itself."""
+        return self.latencies_ms(self.src_seen)[0]
+
+    def hops_ms(self) -> List[float]:
+        """Per write seen as such on both sides: destination minus source, in ms."""
+        on_source = dict(self.src_seen)
+        return [(when - on_source[v]) * 1000 for v, when in self.seen
+                if v in self.exact and v in on_source]
+
+    def latencies_ms(self, seen=None) -> Tuple[List[float], int, int]:
         """(latencies in ms of the writes that became visible, not visible, superseded)."""
         out = []
         missing = superseded = 0
         j = 0
-        seen = self.seen
+        exact = seen is None
+        seen = self.seen if seen is None else seen
         for value in sorted(self.sent):
             while j < len(seen) and seen[j][0] < value:
                 j += 1
             if j == len(seen):
                 missing += 1
                 continue
-            if value not in self.exact:
+            if exact and value not in self.exact:
                 superseded += 1
             out.append((seen[j][1] - self.sent[value]) * 1000)
         return out, missing, superseded
+
+
+
+def watch_own(client: BlockingClient, key: str, wait_index: int,
+              seen: List[Tuple[int, float]], stop: threading.Event) -> None:
+    """Append (value, time first seen) for each new integer value of ``key``."""
+    try:
+        while not stop.is_set():
+            try:
+                status, body, _ = client.get(key, wait=True, waitIndex=wait_index)
+                now = time.perf_counter()
+            except Timeout as pending:
+                if pending.index:
+                    wait_index = max(wait_index, pending.index + 1)
+                continue
+            if status != 200:
+                wait_index = client.index() + 1  # out of the history: go on from now
+                continue
+            node = body["node"]
+            wait_index = node["modifiedIndex"] + 1
+            value = node.get("value", "")
+            if value.isdigit() and (not seen or int(value) > seen[-1][0]):
+                seen.append((int(value), now))
+    finally:
+        client.close()
+
+
+class FloorProbe:
+    """Writes ``key`` on one cluster every ``interval`` seconds and watches it there:
+    that cluster's own write-to-visible latency under the same load."""
+
+    def __init__(self, url: str, key: str, interval: float) -> None:
+        self.client = BlockingClient(url)
+        self.watch = BlockingClient(url, timeout=WATCH_TIMEOUT)
+        self.key, self.interval = key, interval
+        self.sent: Dict[int, float] = {}
+        self.seen: List[Tuple[int, float]] = []
+        self.stop_event = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.threads: List[threading.Thread] = []
+
+    def start(self) -> None:
+        start_index = self.client.index() + 1
+        self.threads = [threading.Thread(target=self._guard, args=(f,), daemon=True)
+                        for f in (lambda: watch_own(self.watch, self.key, start_index,
+                                                    self.seen, self.stop_event),
+                                  self._write_loop)]
+        for t in self.threads:
+            t.start()
+
+    def _guard(self, function) -> None:
+        try:
+            function()
+        except BaseException as e:  # reported by the caller
+            self.error = e
+
+    def _write_loop(self) -> None:
+        start, i = time.perf_counter(), 0
+        while not self.stop_event.is_set():
+            due = start + (i + 0.5) * self.interval  # between the main probe's writes
+            if due > time.perf_counter():
+                time.sleep(due - time.perf_counter())
+            self.sent[i] = time.perf_counter()
+            self.client.set(self.key, str(i))
+            i += 1
+
+    def stop(self) -> List[float]:
+        """Stops; the latencies in ms of the writes seen."""
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(5)
+        self.client.close()
+        seen = dict(self.seen)
+        return [(seen[v] - t) * 1000 for v, t in self.sent.items() if v in seen]
 
 
 def percentile(values: List[float], p: float) -> float:

@@ -108,24 +108,32 @@ def report(bench: "Bench", command: str) -> str:
     out.append("")
     if r.get("sustained"):
         out.append("Sustained load (%g s per rate; probe every %g ms; latency = write "
-                   "sent on the source → value visible on the destination):"
+                   "sent on the source → value visible on the destination. Its parts, p99: "
+                   "the same write visible on the source itself; the hop, visible on the "
+                   "destination minus visible on the source (the mirror and the "
+                   "destination); and the floor under the hop, a key written and watched "
+                   "on the destination alone):"
                    % (a.duration, a.probe_ms))
         out.append("")
-        out.append("| target writes/s | achieved | probe p50 ms | p99 ms | max ms | probes "
-                   "| max lag | lag at end | drain s | resyncs | CPU ms/event "
-                   "| machine CPU busy | source = replica |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("| target writes/s | achieved | probe p50 ms | p99 ms | max ms | on the "
+                   "source p99 | hop p99 | destination alone p99 | probes | max lag "
+                   "| lag at end | drain s | resyncs | CPU ms/event | machine CPU busy "
+                   "| source = replica |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for s in r["sustained"]:
             probes = "%d" % s["probes"]
             if s["probe_superseded"]:
                 probes += ", %d skipped" % s["probe_superseded"]
             if s["probe_missing"]:
                 probes += ", %d never visible" % s["probe_missing"]
-            row = "| %g | %.0f%s | %s | %s | %s | %s | %d | %d | %s | %s | %.2f | %s | %s |"
+            row = ("| %g | %.0f%s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s | %s "
+                   "| %.2f | %s | %s |")
             out.append(row % (
                 s["target"], s["achieved"], " (%d errors)" % s["write_errors"]
                 if s["write_errors"] else "", fmt_ms(s["p50"]), fmt_ms(s["p99"]),
-                fmt_ms(s["max"]), probes, s["max_lag"], s["end_lag"],
+                fmt_ms(s["max"]), fmt_ms(s.get("src_p99", float("nan"))),
+                fmt_ms(s.get("hop_p99", float("nan"))),
+                fmt_ms(s.get("dst_floor_p99", float("nan"))), probes, s["max_lag"], s["end_lag"],
                 "%.2f" % s["drain_s"] if s["drain_s"] is not None else "TIMEOUT",
                 resync_text(s["resyncs"], s["resync_log"]), s["cpu_ms_per_event"],
                 "%.0f%%" % (100 * s["machine_busy"]) if "machine_busy" in s else "-",
