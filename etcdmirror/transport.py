@@ -176,14 +176,14 @@ class Transport:
                            "certificate and that the URL's host name is in it")
         self.next_endpoint()
         cause = failure.value
-        if _cancelled(failure):
+        if was_cancelled(failure):
             # treq cancels a request whose headers did not come in time; Twisted
             # wraps that in ResponseNeverReceived.
             raise EtcdTimeout(f"{what}: no answer within {timeout:g}s", cause=cause)
         raise EtcdUnavailable(f"{what}: {_describe_exception(cause)}", cause=cause)
 
 
-def _cancelled(failure: Failure) -> bool:
+def was_cancelled(failure: Failure) -> bool:
     """True for a cancelled request, also when Twisted wrapped the cancellation."""
     if failure.check(defer.CancelledError):
         return True

@@ -1,0 +1,246 @@
+"""A thin, non-blocking etcd v3 client on treq, through etcd's JSON gateway.
+
+What a v3 mirror asks of a cluster, and no more: read a range (at a
+revision), put, delete a range, a transaction, leases (grant, time to live,
+revoke, one keep-alive), the cluster's status, compaction (for tests and
+the benchmark), and a watch stream.  Encodings and errors are
+:mod:`etcdmirror.v3wire`'s; every call is a ``POST`` of JSON to the current
+endpoint of the cluster, and after a transport failure or an answer worth
+retrying (:class:`~etcdmirror.v3wire.V3Unavailable`) the next call goes to
+the next endpoint.  Messages name the call and the endpoint, never
+credentials.
+
+Not here yet (etcd v3 auth): a user and password are turned into a token by
+``/v3/auth/authenticate``; this client sends none.
+"""
+
+import json
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import treq
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from etcdmirror.bodies import Aborted, BytesBody, Collector, EventLines
+from etcdmirror.endpoints import Cluster, Endpoint
+from etcdmirror.transport import make_pool, was_cancelled
+from etcdmirror.v3wire import (
+    Header, KeyValue, RangeResult, TxnResult, V3Error, V3Unavailable, WatchResponse, b64,
+    decode, error_for, number, unb64, watch_response)
+
+#: Largest answer read whole (a range of a big prefix can be large; bounded).
+MAX_BODY = 512 * 1024 * 1024
+
+
+class V3Client:
+    """Talks etcd v3 to one cluster, moving between its endpoints."""
+
+    def __init__(self, cluster: Cluster, reactor: IReactorTime,
+                 pool: Optional[HTTPConnectionPool] = None, timeout: float = 10.0,
+                 name: str = "etcd", tls: Optional[Any] = None) -> None:
+        self.cluster = cluster
+        self.reactor = reactor
+        self.timeout = timeout
+        self.name = name
+        self._endpoint_no = 0
+        self._pool = pool if pool is not None else make_pool(reactor)
+        agent = Agent(reactor, pool=self._pool, connectTimeout=timeout,
+                      **({"contextFactory": tls} if tls is not None else {}))
+        self._http = treq.client.HTTPClient(agent)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.cluster.endpoints[self._endpoint_no]
+
+    def next_endpoint(self) -> None:
+        self._endpoint_no = (self._endpoint_no + 1) % len(self.cluster.endpoints)
+
+    def close(self) -> defer.Deferred:
+        """Close the idle connections; fires once they are closed."""
+        return self._pool.closeCachedConnections()
+
+    # -- key-value -------------------------------------------------------------
+
+    def range(self, key: bytes, range_end: Optional[bytes] = None, revision: int = 0,
+              limit: int = 0, keys_only: bool = False,
+              serializable: bool = False) -> defer.Deferred:
+        """Fires with a :class:`RangeResult`: ``key``, or ``[key, range_end)``, at
+        ``revision`` (0: now).  ``serializable`` reads the member's own copy,
+        without a round of consensus."""
+        body: Dict[str, Any] = {"key": b64(key)}
+        if range_end is not None:
+            body["range_end"] = b64(range_end)
+        if revision:
+            body["revision"] = str(revision)
+        if limit:
+            body["limit"] = str(limit)
+        if keys_only:
+            body["keys_only"] = True
+        if serializable:
+            body["serializable"] = True
+        return self.call("/v3/kv/range", body, RangeResult.parse)
+
+    def put(self, key: bytes, value: bytes, lease: int = 0,
+            prev_kv: bool = False) -> defer.Deferred:
+        """Fires with ``(header, prev_kv)``; ``prev_kv`` None unless asked for and there."""
+        body: Dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        if prev_kv:
+            body["prev_kv"] = True
+        return self.call("/v3/kv/put", body, lambda d: (
+            Header.parse(d.get("header")),
+            KeyValue.parse(d["prev_kv"]) if d.get("prev_kv") else None))
+
+    def delete_range(self, key: bytes, range_end: Optional[bytes] = None,
+                     prev_kv: bool = False) -> defer.Deferred:
+        """Fires with ``(header, deleted, prev_kvs)``."""
+        body: Dict[str, Any] = {"key": b64(key)}
+        if range_end is not None:
+            body["range_end"] = b64(range_end)
+        if prev_kv:
+            body["prev_kv"] = True
+        return self.call("/v3/kv/deleterange", body, lambda d: (
+            Header.parse(d.get("header")), number(d.get("deleted")),
+            [KeyValue.parse(kv) for kv in d.get("prev_kvs", ())]))
+
+    def txn(self, compare: List[Dict[str, Any]], success: List[Dict[str, Any]],
+            failure: Optional[List[Dict[str, Any]]] = None) -> defer.Deferred:
+        """Fires with a :class:`TxnResult`; build the lists with :mod:`etcdmirror.v3wire`'s
+        ``compare_*`` and ``request_*``.  Everything lands at one revision."""
+        body = {"compare": compare, "success": success, "failure": failure or []}
+        return self.call("/v3/kv/txn", body, lambda d: TxnResult(
+            Header.parse(d.get("header")), bool(d.get("succeeded")), d.get("responses", [])))
+
+    def compact(self, revision: int, physical: bool = False) -> defer.Deferred:
+        """Forget the history before ``revision``; fires with the header."""
+        body: Dict[str, Any] = {"revision": str(revision)}
+        if physical:
+            body["physical"] = True
+        return self.call("/v3/kv/compaction", body, lambda d: Header.parse(d.get("header")))
+
+    # -- leases -------------------------------------------------------------------
+
+    def lease_grant(self, ttl: int, lease_id: int = 0) -> defer.Deferred:
+        """Fires with ``(lease ID, granted TTL)``; ``lease_id`` 0 lets etcd choose."""
+        body: Dict[str, Any] = {"TTL": str(ttl)}
+        if lease_id:
+            body["ID"] = str(lease_id)
+        return self.call("/v3/lease/grant", body,
+                         lambda d: (number(d.get("ID")), number(d.get("TTL"))))
+
+    def lease_time_to_live(self, lease_id: int, keys: bool = False) -> defer.Deferred:
+        """Fires with ``(remaining TTL, granted TTL, keys)``; remaining -1: no such lease."""
+        body: Dict[str, Any] = {"ID": str(lease_id)}
+        if keys:
+            body["keys"] = True
+        return self.call("/v3/lease/timetolive", body, lambda d: (
+            number(d.get("TTL")), number(d.get("grantedTTL")),
+            [unb64(k) for k in d.get("keys", ())]))
+
+    def lease_revoke(self, lease_id: int) -> defer.Deferred:
+        """Revoke the lease and delete its keys; fires with the header."""
+        return self.call("/v3/lease/revoke", {"ID": str(lease_id)},
+                         lambda d: Header.parse(d.get("header")))
+
+    def lease_keep_alive(self, lease_id: int) -> defer.Deferred:
+        """Renew the lease once; fires with its TTL now (0: the lease is gone)."""
+        return self.call("/v3/lease/keepalive", {"ID": str(lease_id)},
+                         lambda d: number((d.get("result") or {}).get("TTL")))
+
+    # -- the cluster ----------------------------------------------------------------
+
+    def status(self) -> defer.Deferred:
+        """Fires with ``(header, version)`` of the member asked."""
+        return self.call("/v3/maintenance/status", {},
+                         lambda d: (Header.parse(d.get("header")), d.get("version", "")))
+
+    # -- watching -------------------------------------------------------------------
+
+    def watch(self, key: bytes, range_end: Optional[bytes], start_revision: int,
+              on_response: Callable[[WatchResponse], None], prev_kv: bool = True,
+              progress_notify: bool = False) -> defer.Deferred:
+        """Watch ``[key, range_end)`` from ``start_revision``; ``on_response`` gets each
+        message of the stream, in order (the first says ``created``).
+
+        Fires with None when the server ends the stream; fails with
+        :class:`~etcdmirror.v3wire.V3Compacted` when ``start_revision`` is no
+        longer in the history, or with the stream's error.  Cancel it to stop.
+        """
+        create: Dict[str, Any] = {"key": b64(key), "start_revision": str(start_revision)}
+        if range_end is not None:
+            create["range_end"] = b64(range_end)
+        if prev_kv:
+            create["prev_kv"] = True
+        if progress_notify:
+            create["progress_notify"] = True
+        what, request = self._post("/v3/watch", {"create_request": create}, timeout=None)
+
+        def streaming(response: Any) -> defer.Deferred:
+            if response.code != 200:
+                return self._read(response, what, lambda d: d)
+            finished: defer.Deferred = defer.Deferred(lambda _: lines.abort("cancelled"))
+            lines = EventLines(lambda line: on_response(watch_response(line, what)),
+                               finished, MAX_BODY)
+            response.deliverBody(lines)
+            finished.addErrback(self._stream_failed, what)
+            return finished
+
+        return request.addCallback(streaming)
+
+    # -- the request path -------------------------------------------------------------
+
+    def call(self, path: str, body: Dict[str, Any],
+             parse: Callable[[Dict[str, Any]], Any]) -> defer.Deferred:
+        """POST ``body`` to ``path``; fires with ``parse(answer)`` or fails with a V3Error."""
+        what, request = self._post(path, body, self.timeout)
+        return request.addCallback(self._read, what, parse)
+
+    def _post(self, path: str, body: Dict[str, Any],
+              timeout: Optional[float]) -> Tuple[str, defer.Deferred]:
+        endpoint = self.endpoint
+        what = f"{path} on {self.name} {endpoint.url}"
+        d = self._http.request(
+            "POST", endpoint.url + path, data=BytesBody(json.dumps(body).encode("ascii")),
+            headers={b"Content-Type": [b"application/json"]}, timeout=timeout,
+            unbuffered=True, allow_redirects=False, reactor=self.reactor)
+        d.addErrback(self._unavailable, what, timeout)
+        return what, d
+
+    def _read(self, response: Any, what: str, parse: Callable[[Dict[str, Any]], Any]):
+        finished: defer.Deferred = defer.Deferred(lambda _: collector.abort("cancelled"))
+        collector = Collector(finished, MAX_BODY)
+        response.deliverBody(collector)
+
+        def answered(body: bytes) -> Any:
+            data = decode(body, what)
+            if response.code != 200:
+                error = error_for(response.code, data, what)
+                if isinstance(error, V3Unavailable):
+                    self.next_endpoint()
+                raise error
+            return parse(data)
+
+        return finished.addCallbacks(answered, self._unavailable,
+                                     errbackArgs=(what, self.timeout))
+
+    def _stream_failed(self, failure: Failure, what: str) -> Failure:
+        """A watch stream that ended badly: cancelled by us, refused (a V3Error), or cut."""
+        if failure.check(Aborted) and str(failure.value) == "cancelled":
+            return Failure(defer.CancelledError())
+        if failure.check(V3Error, defer.CancelledError, Aborted):
+            return failure
+        return self._unavailable(failure, what, None)
+
+    def _unavailable(self, failure: Failure, what: str, timeout: Optional[float]) -> Failure:
+        """A transport failure, or no answer within ``timeout``: worth retrying, on the
+        next endpoint.  A cancelled request with no timeout was cancelled by its caller."""
+        if failure.check(V3Error) or (timeout is None and failure.check(defer.CancelledError)):
+            return failure
+        self.next_endpoint()
+        if was_cancelled(failure):
+            raise V3Unavailable(f"{what}: no answer within {timeout:g}s")
+        raise V3Unavailable(f"{what}: {failure.getErrorMessage() or failure.type.__name__}")
+

@@ -1,0 +1,145 @@
+"""Scenarios for the etcd v3 client (etcdmirror/v3client.py), each run by
+tests/test_v3client.py in its own process with Twisted's reactor
+(``python -m tests.v3scenarios NAME URL PREFIX``): the reactor cannot be
+restarted inside pytest.  A scenario asserts as it goes; the process exits 0
+and prints "ok" when every assertion held."""
+
+import sys
+
+from twisted.internet import defer, task
+
+from etcdmirror.endpoints import parse_cluster
+from etcdmirror.v3client import V3Client
+from etcdmirror.v3wire import (
+    V3Compacted, V3NotFound, V3Unavailable, compare_mod_revision, compare_value,
+    prefix_range_end, request_delete, request_put, request_range)
+
+
+@defer.inlineCallbacks
+def kv(reactor, client, prefix):
+    """put, range over a prefix, binary keys and values, delete_range, status."""
+    header, prev = yield client.put(prefix + b"/a", b"1")
+    assert header.revision > 0 and header.cluster_id and prev is None
+    _, prev = yield client.put(prefix + b"/a", b"\x00\xff binary", prev_kv=True)
+    assert prev.value == b"1" and prev.version == 1
+    yield client.put(prefix + b"/\xc3\xa9t\xc3\xa9", b"")
+    yield client.put(prefix + b"0", b"outside the prefix")
+    found = yield client.range(prefix + b"/", prefix_range_end(prefix + b"/"))
+    assert [(kv.key, kv.value) for kv in found.kvs] == [
+        (prefix + b"/a", b"\x00\xff binary"), (prefix + b"/\xc3\xa9t\xc3\xa9", b"")], found
+    assert found.count == 2 and found.kvs[0].version == 2
+    assert found.kvs[1].mod_revision == found.header.revision - 1
+    old = yield client.range(prefix + b"/a", revision=header.revision)
+    assert old.kvs[0].value == b"1"
+    _, deleted, prevs = yield client.delete_range(prefix + b"/", prefix_range_end(prefix + b"/"),
+                                                  prev_kv=True)
+    assert deleted == 2 and sorted(kv.key for kv in prevs) == sorted(
+        [prefix + b"/a", prefix + b"/\xc3\xa9t\xc3\xa9"])
+    status_header, version = yield client.status()
+    assert version.startswith("3.") and status_header.cluster_id == header.cluster_id
+
+
+@defer.inlineCallbacks
+def txn(reactor, client, prefix):
+    """A transaction lands at one revision; a failed compare runs the failure branch."""
+    header, _ = yield client.put(prefix + b"/k", b"v1")
+    result = yield client.txn(
+        [compare_value(prefix + b"/k", b"v1"), compare_mod_revision(prefix + b"/new", 0)],
+        [request_put(prefix + b"/k", b"v2"), request_put(prefix + b"/new", b"n"),
+         request_put(prefix + b"/__checkpoint", b"42")])
+    assert result.succeeded and result.header.revision == header.revision + 1
+    found = yield client.range(prefix + b"/", prefix_range_end(prefix + b"/"))
+    assert {kv.mod_revision for kv in found.kvs} == {result.header.revision}
+    result = yield client.txn([compare_value(prefix + b"/k", b"v1")],
+                              [request_delete(prefix + b"/k")],
+                              [request_range(prefix + b"/k")])
+    assert not result.succeeded
+    assert result.responses[0]["response_range"]["kvs"][0]["value"] == "djI="  # "v2"
+
+
+@defer.inlineCallbacks
+def leases(reactor, client, prefix):
+    lease, ttl = yield client.lease_grant(30)
+    assert lease and ttl == 30
+    yield client.put(prefix + b"/leased", b"x", lease=lease)
+    found = yield client.range(prefix + b"/leased")
+    assert found.kvs[0].lease == lease
+    remaining, granted, keys = yield client.lease_time_to_live(lease, keys=True)
+    assert 0 < remaining <= 30 and granted == 30 and keys == [prefix + b"/leased"]
+    assert (yield client.lease_keep_alive(lease)) == 30
+    yield client.lease_revoke(lease)
+    found = yield client.range(prefix + b"/leased")
+    assert found.kvs == []
+    remaining, _, _ = yield client.lease_time_to_live(lease)
+    assert remaining == -1
+    try:
+        yield client.lease_revoke(lease)
+    except V3NotFound as e:
+        assert "lease not found" in str(e) and "/v3/lease/revoke" in str(e)
+    else:
+        raise AssertionError("revoking a revoked lease succeeded")
+
+
+@defer.inlineCallbacks
+def watch(reactor, client, prefix):
+    """Events in order with prev_kv; a compacted start revision fails the watch."""
+    header, _ = yield client.put(prefix + b"/w", b"1")
+    yield client.put(prefix + b"/w", b"2")
+    yield client.delete_range(prefix + b"/w")
+    got, done = [], defer.Deferred()
+
+    def on_response(response):
+        got.append(response)
+        if sum(len(r.events) for r in got) == 3 and not done.called:
+            done.callback(None)
+
+    stream = client.watch(prefix + b"/", prefix_range_end(prefix + b"/"), header.revision,
+                          on_response)
+    yield done
+    assert got[0].created
+    events = [e for r in got for e in r.events]
+    assert [(e.type, e.kv.value, e.prev_kv.value if e.prev_kv else None) for e in events] == [
+        ("PUT", b"1", None), ("PUT", b"2", b"1"), ("DELETE", b"", b"2")], events
+    stream.cancel()
+    try:
+        yield stream
+    except defer.CancelledError:
+        pass
+    now, _ = yield client.put(prefix + b"/later", b"x")
+    yield client.compact(now.revision)
+    try:
+        yield client.watch(prefix + b"/", prefix_range_end(prefix + b"/"), header.revision,
+                           lambda response: None)
+    except V3Compacted as e:
+        assert e.compact_revision == now.revision, e
+    else:
+        raise AssertionError("a watch from a compacted revision did not fail")
+    try:
+        yield client.range(prefix + b"/w", revision=header.revision)
+    except V3Compacted:
+        pass
+    else:
+        raise AssertionError("a read at a compacted revision did not fail")
+
+
+@defer.inlineCallbacks
+def unreachable(reactor, client, prefix):
+    """No server: a V3Unavailable that names the call and the endpoint."""
+    try:
+        yield client.put(prefix + b"/x", b"1")
+    except V3Unavailable as e:
+        assert "/v3/kv/put on" in str(e) and "127.0.0.1" in str(e), e
+    else:
+        raise AssertionError("a put to nowhere succeeded")
+
+
+def main(reactor, name, url, prefix):
+    client = V3Client(parse_cluster(url), reactor, timeout=5)
+    d = globals()[name](reactor, client, prefix.encode())
+    d.addBoth(lambda result: (client.close(), result)[1])
+    d.addCallback(lambda _: print("ok"))
+    return d
+
+
+if __name__ == "__main__":
+    task.react(main, sys.argv[1:])
