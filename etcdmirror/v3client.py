@@ -161,22 +161,27 @@ class V3Client:
 
     def watch(self, key: bytes, range_end: Optional[bytes], start_revision: int,
               on_response: Callable[[WatchResponse], None], prev_kv: bool = True,
-              progress_notify: bool = False) -> defer.Deferred:
+              request_progress: bool = False) -> "V3Watch":
         """Watch ``[key, range_end)`` from ``start_revision``; ``on_response`` gets each
         message of the stream, in order (the first says ``created``).
 
-        Fires with None when the server ends the stream; fails with
-        :class:`~etcdmirror.v3wire.V3Compacted` when ``start_revision`` is no
-        longer in the history, or with the stream's error.  Cancel it to stop.
+        ``request_progress`` asks, right after the watch is created, for a
+        progress report: a message without events whose ``header.revision``
+        says that nothing under the range happened up to it (past what the
+        stream already delivered).  etcd 3.4's gateway answers a watch only
+        once its request body is complete, so a request cannot be added to a
+        stream that is running: for more reports, watch again (from the next
+        revision).  See :class:`V3Watch`.
         """
         create: Dict[str, Any] = {"key": b64(key), "start_revision": str(start_revision)}
         if range_end is not None:
             create["range_end"] = b64(range_end)
         if prev_kv:
             create["prev_kv"] = True
-        if progress_notify:
-            create["progress_notify"] = True
-        what, request = self._post("/v3/watch", {"create_request": create}, timeout=None)
+        lines = [{"create_request": create}] + ([{"progress_request": {}}]
+                                                  if request_progress else [])
+        body = b"".join(json.dumps(line).encode("ascii") + b"\n" for line in lines)
+        what, request = self._post("/v3/watch", body, timeout=None)
 
         def streaming(response: Any) -> defer.Deferred:
             if response.code != 200:
@@ -188,7 +193,7 @@ class V3Client:
             finished.addErrback(self._stream_failed, what)
             return finished
 
-        return request.addCallback(streaming)
+        return V3Watch(request.addCallback(streaming))
 
     # -- the request path -------------------------------------------------------------
 
@@ -198,12 +203,13 @@ class V3Client:
         what, request = self._post(path, body, self.timeout)
         return request.addCallback(self._read, what, parse)
 
-    def _post(self, path: str, body: Dict[str, Any],
-              timeout: Optional[float]) -> Tuple[str, defer.Deferred]:
+    def _post(self, path: str, body: Any, timeout: Optional[float]) -> Tuple[str, defer.Deferred]:
+        """POST ``body`` (a dict sent as JSON, or bytes as they are) to ``path``."""
         endpoint = self.endpoint
         what = f"{path} on {self.name} {endpoint.url}"
+        data = body if isinstance(body, bytes) else json.dumps(body).encode("ascii")
         d = self._http.request(
-            "POST", endpoint.url + path, data=BytesBody(json.dumps(body).encode("ascii")),
+            "POST", endpoint.url + path, data=BytesBody(data),
             headers={b"Content-Type": [b"application/json"]}, timeout=timeout,
             unbuffered=True, allow_redirects=False, reactor=self.reactor)
         d.addErrback(self._unavailable, what, timeout)
@@ -237,10 +243,27 @@ class V3Client:
     def _unavailable(self, failure: Failure, what: str, timeout: Optional[float]) -> Failure:
         """A transport failure, or no answer within ``timeout``: worth retrying, on the
         next endpoint.  A cancelled request with no timeout was cancelled by its caller."""
-        if failure.check(V3Error) or (timeout is None and failure.check(defer.CancelledError)):
+        if failure.check(V3Error):
             return failure
-        self.next_endpoint()
         if was_cancelled(failure):
+            if timeout is None:
+                return Failure(defer.CancelledError())
+            self.next_endpoint()
             raise V3Unavailable(f"{what}: no answer within {timeout:g}s")
+        self.next_endpoint()
         raise V3Unavailable(f"{what}: {failure.getErrorMessage() or failure.type.__name__}")
 
+
+class V3Watch:
+    """A watch stream in flight.
+
+    ``done`` fires with None when the server ends the stream, or fails with
+    :class:`~etcdmirror.v3wire.V3Compacted` (the start revision is no longer in
+    the history), another V3Error, or ``CancelledError`` after :meth:`cancel`.
+    """
+
+    def __init__(self, done: defer.Deferred) -> None:
+        self.done = done
+
+    def cancel(self) -> None:
+        self.done.cancel()

@@ -100,16 +100,31 @@ def watch(reactor, client, prefix):
     events = [e for r in got for e in r.events]
     assert [(e.type, e.kv.value, e.prev_kv.value if e.prev_kv else None) for e in events] == [
         ("PUT", b"1", None), ("PUT", b"2", b"1"), ("DELETE", b"", b"2")], events
-    stream.cancel()
-    try:
-        yield stream
-    except defer.CancelledError:
-        pass
+    # A write elsewhere, then a watch asking for progress: the report covers it.
+    elsewhere, _ = yield client.put(prefix + b"0/elsewhere", b"x")
+    progress = defer.Deferred()
+    got.clear()
+
+    def on_progress(response):
+        if not response.events and not response.created and not progress.called:
+            progress.callback(response)
+    got_progress = []
+    stream_progress = client.watch(prefix + b"/", prefix_range_end(prefix + b"/"),
+                                   header.revision + 3, on_progress, request_progress=True)
+    report = yield progress
+    got_progress.append(report)
+    assert report.header.revision >= elsewhere.revision, report
+    for s in (stream, stream_progress):
+        s.cancel()
+        try:
+            yield s.done
+        except defer.CancelledError:
+            pass
     now, _ = yield client.put(prefix + b"/later", b"x")
     yield client.compact(now.revision)
     try:
         yield client.watch(prefix + b"/", prefix_range_end(prefix + b"/"), header.revision,
-                           lambda response: None)
+                           lambda response: None).done
     except V3Compacted as e:
         assert e.compact_revision == now.revision, e
     else:
