@@ -156,5 +156,52 @@ def main(reactor, name, url, prefix):
     return d
 
 
+
+@defer.inlineCallbacks
+def mapping(reactor, client, prefix):
+    """v3mapping.transaction on a real etcd: the changes and the checkpoint land at one
+    revision; the same change again fails on the checkpoint (a replay); a key written
+    behind the mirror's back fails its compare; a v2 directory delete takes what is below."""
+    from etcdmirror.events import Event
+    from etcdmirror.keys import KeyMapper
+    from etcdmirror.v3mapping import transaction, v2_changes
+    mapper = KeyMapper("/src", prefix.decode(), strip=True)
+    checkpoint = prefix + b"/__checkpoint"
+
+    def v2(action, key, value=None, prev=None, index=1, is_dir=False):
+        payload = {"action": action, "node": {"key": key, "modifiedIndex": index}}
+        if value is not None:
+            payload["node"]["value"] = value
+        if is_dir:
+            payload["node"]["dir"] = True
+        if prev is not None:
+            payload["prevNode"] = {"key": key, "value": prev, "modifiedIndex": index - 1}
+        return Event.from_payload(payload)
+
+    body = transaction(v2_changes(v2("set", "/src/a", "1", index=5), mapper)
+                       + v2_changes(v2("create", "/src/d/x", "x", index=5), mapper),
+                       checkpoint, None, 5)
+    result = yield client.txn(**body)
+    assert result.succeeded, result
+    found = yield client.range(prefix + b"/", prefix_range_end(prefix + b"/"))
+    assert {kv.key: kv.value for kv in found.kvs} == {
+        prefix + b"/a": b"1", prefix + b"/d/x": b"x", checkpoint: b"5"}
+    assert {kv.mod_revision for kv in found.kvs} == {result.header.revision}
+    again = yield client.txn(**body)                      # the answer was lost: sent again
+    assert not again.succeeded
+    assert again.responses[0]["response_range"]["kvs"][0]["value"] == "NQ=="  # "5"
+    yield client.put(prefix + b"/a", b"written behind our back")
+    body = transaction(v2_changes(v2("compareAndSwap", "/src/a", "2", prev="1", index=6),
+                                  mapper), checkpoint, 5, 6)
+    diverged = yield client.txn(**body)
+    assert not diverged.succeeded
+    body = transaction(v2_changes(v2("delete", "/src/d", prev=None, index=7, is_dir=True),
+                                  mapper), checkpoint, 5, 7)
+    result = yield client.txn(**body)
+    assert result.succeeded
+    found = yield client.range(prefix + b"/", prefix_range_end(prefix + b"/"))
+    assert {kv.key for kv in found.kvs} == {prefix + b"/a", checkpoint}
+
+
 if __name__ == "__main__":
     task.react(main, sys.argv[1:])
