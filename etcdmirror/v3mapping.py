@@ -15,7 +15,7 @@ for v2, whose writes are one key at a time).  The transaction:
   same for v2);
 * on **success**, writes the changes and the checkpoint;
 * on **failure**, reads the checkpoint and the keys, for the verdict: the
-  checkpoint at or past the revision is a change applied already; a key that
+  checkpoint at the revision is a change applied already; a key that
   already holds what the change leaves behind is no divergence either (a
   lease that ran out on the destination first, as a v2 TTL can); anything
   else is.
@@ -76,6 +76,34 @@ class Change:
     source_lease: int = 0
     #: False when there is nothing to compare (a v2 directory).
     compared: bool = True
+
+
+@dataclass(frozen=True)
+class Revision:
+    """What one source revision changed under the prefix: its events, in order.
+
+    Named as the controller names a v2 event (``modifiedIndex``, ``key``,
+    ``action``, ``dir``, ``value``), so it flows through the same loop.
+    """
+
+    modifiedIndex: int
+    events: List[WatchEvent]
+
+    @property
+    def key(self) -> str:
+        return text(self.events[0].kv.key) if self.events else ""
+
+    @property
+    def action(self) -> str:
+        if len(self.events) != 1:
+            return "txn"
+        return "delete" if self.events[0].type == "DELETE" else "put"
+
+    dir = False
+
+    @property
+    def value(self) -> Optional[str]:
+        return text(self.events[0].kv.value) if len(self.events) == 1 else None
 
 
 def v3_changes(events: List[WatchEvent], mapper: KeyMapper) -> List[Change]:

@@ -203,5 +203,56 @@ def mapping(reactor, client, prefix):
     assert {kv.key for kv in found.kvs} == {prefix + b"/a", checkpoint}
 
 
+@defer.inlineCallbacks
+def replica(reactor, client, prefix):
+    """V3ReplicaWriter on a real etcd: applied, replayed, in effect already, diverged."""
+    from etcdmirror.events import Divergence, Outcome
+    from etcdmirror.keys import KeyMapper
+    from etcdmirror.v3mapping import Revision
+    from etcdmirror.v3replica import V3ReplicaWriter
+    from etcdmirror.v3wire import KeyValue, WatchEvent
+    src = b"/src"
+    mapper = KeyMapper("/src", prefix.decode(), strip=True)
+    writer = V3ReplicaWriter(client, mapper)
+    assert (yield writer.load()) is None
+
+    def put(key, value, prev=None):
+        return WatchEvent("PUT", KeyValue(src + key, value),
+                          KeyValue(src + key, prev) if prev is not None else None)
+
+    def delete(key, prev):
+        return WatchEvent("DELETE", KeyValue(src + key), KeyValue(src + key, prev))
+
+    first = Revision(10, [put(b"/a", b"1"), put(b"/b", b"1")])
+    assert (yield writer.apply(first)) is Outcome.APPLIED and writer.applied == 10
+    writer.applied = None                                 # as after a crash, answer lost
+    assert (yield writer.load()) == 10
+    assert (yield writer.apply(first)) is Outcome.REPLAYED
+    # /b ran out on the destination first (its lease, say): its delete is in effect.
+    yield client.delete_range(prefix + b"/b")
+    second = Revision(11, [put(b"/a", b"2", prev=b"1"), delete(b"/b", prev=b"1")])
+    assert (yield writer.apply(second)) is Outcome.APPLIED and writer.applied == 11
+    found = yield client.range(prefix + b"/", prefix_range_end(prefix + b"/"))
+    assert {kv.key: kv.value for kv in found.kvs} == {prefix + b"/a": b"2"}
+    checkpoint = yield client.range(writer.checkpoint_key)
+    assert writer.checkpoint_key == b"/__replication" + prefix
+    assert checkpoint.kvs[0].value == b"11"
+    assert checkpoint.kvs[0].mod_revision == found.kvs[0].mod_revision   # one transaction
+    yield client.put(prefix + b"/a", b"written behind our back")
+    try:
+        yield writer.apply(Revision(12, [put(b"/a", b"3", prev=b"2")]))
+    except Divergence as e:
+        assert "written behind our back" in str(e) and "b'2'" in str(e), e
+    else:
+        raise AssertionError("a diverged key was overwritten")
+    yield client.put(writer.checkpoint_key, b"99")
+    try:
+        yield writer.apply(Revision(13, [put(b"/c", b"1")]))
+    except Divergence as e:
+        assert "another writer" in str(e), e
+    else:
+        raise AssertionError("a checkpoint moved by someone else went unnoticed")
+
+
 if __name__ == "__main__":
     task.react(main, sys.argv[1:])
