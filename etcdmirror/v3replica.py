@@ -54,6 +54,20 @@ class V3ReplicaWriter:
         self.applied = int(found.kvs[0].value) if found.kvs else None
         return self.applied
 
+    @defer.inlineCallbacks
+    def move_checkpoint(self, revision: int):
+        """Move the checkpoint to ``revision`` with no change (progress on a quiet
+        prefix), compared like every change; fires with None, or Divergence."""
+        result = yield self.client.txn(**transaction([], self.checkpoint_key, self.applied,
+                                                     revision))
+        if not result.succeeded:
+            found = _found(result.responses[0])
+            raise Divergence(
+                f"the checkpoint {self.checkpoint_key.decode('utf-8', 'replace')!r} on the "
+                f"destination holds {found!r}, not {self.applied} as this mirror wrote it: "
+                "another writer moved it")
+        self.applied = revision
+
     def apply(self, event: Any, replaying: bool = False) -> defer.Deferred:
         """Apply a v2 :class:`Event` or a v3 :class:`Revision`; fires with an Outcome.
 

@@ -22,7 +22,8 @@ def scenario(name, url):
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("name", ["kv", "txn", "leases", "watch", "mapping", "replica"])
+@pytest.mark.parametrize("name", ["kv", "txn", "leases", "watch", "mapping", "replica",
+                                  "indexstore"])
 def test_the_client_on_a_real_etcd(src, name):
     scenario(name, src.url)
 

@@ -254,5 +254,43 @@ def replica(reactor, client, prefix):
         raise AssertionError("a checkpoint moved by someone else went unnoticed")
 
 
+@defer.inlineCallbacks
+def indexstore(reactor, client, prefix):
+    """V3IndexStore on a real etcd: the checkpoint read and moved through the writer,
+    the sibling keys, no horizon."""
+    from etcdmirror.errors import MirrorFatal
+    from etcdmirror.events import Divergence
+    from etcdmirror.keys import KeyMapper
+    from etcdmirror.v3indexstore import V3IndexStore
+    from etcdmirror.v3replica import V3ReplicaWriter
+    mapper = KeyMapper("/src", prefix.decode())
+    writer = V3ReplicaWriter(client, mapper)
+    store = V3IndexStore(writer, mapper)
+    try:
+        yield store.read_index()
+    except MirrorFatal as e:
+        assert "Restart with --reload" in str(e) and store.key in str(e)
+    else:
+        raise AssertionError("a missing checkpoint was read")
+    yield store.write_index(5)                            # the first checkpoint
+    assert (yield store.read_index()) == 5 and writer.applied == 5
+    yield store.write_index(4)                            # never backwards
+    assert (yield store.read_index()) == 5
+    yield client.put(store.key.encode(), b"77")           # someone else
+    try:
+        yield store.write_index(6)
+    except Divergence as e:
+        assert "another writer" in str(e)
+    else:
+        raise AssertionError("a checkpoint moved by someone else was overwritten")
+    assert (yield store.read_horizon()) is None
+    yield store.write_source_id("10539258402056643068")
+    assert (yield store.read_source_id()) == "10539258402056643068"
+    yield store.mark_resync("compacted")
+    assert (yield store.read_resync_marker()) == "compacted"
+    yield store.clear_resync_marker()
+    assert (yield store.read_resync_marker()) is None
+
+
 if __name__ == "__main__":
     task.react(main, sys.argv[1:])
