@@ -41,8 +41,12 @@ class V3Unavailable(V3Error):
     """No usable answer now (a connection failure, a timeout, no leader): retry."""
 
 
-class V3Compacted(V3Error):
-    """The revision asked for was compacted away; history starts at ``compact_revision``."""
+class V3Compacted(V3Error, etcd.EtcdEventIndexCleared):
+    """The revision asked for was compacted away; history starts at ``compact_revision``.
+
+    An ``etcd.EtcdEventIndexCleared`` too: the controller resyncs from a
+    snapshot as it does when a v2 source cleared the index it needed.
+    """
 
     def __init__(self, message: str, compact_revision: int = 0) -> None:
         super().__init__(message, OUT_OF_RANGE)

@@ -292,5 +292,75 @@ def indexstore(reactor, client, prefix):
     assert (yield store.read_resync_marker()) is None
 
 
+@defer.inlineCallbacks
+def source(reactor, client, prefix):
+    """V3SourceReader on a real etcd: a transaction's events handed out together, in
+    order; progress on a quiet prefix; a snapshot at one revision, page by page; a
+    compacted start revision is a cleared index."""
+    import etcd
+
+    from etcdmirror import v3source
+    from etcdmirror.events import WatchProgress
+    from etcdmirror.v3source import V3SourceReader
+    reader = V3SourceReader(client, prefix.decode(), reactor, idle_timeout=0.5)
+    start = yield reader.position()
+    reader.follow(start.etcd_index + 1)
+    yield client.txn([], [request_put(prefix + b"/a", b"1"), request_put(prefix + b"/b", b"2")])
+    yield client.put(prefix + b"0/outside", b"x")
+    yield client.delete_range(prefix + b"/a")
+    @defer.inlineCallbacks
+    def next_change():
+        while True:
+            item = yield reader.next()
+            if not isinstance(item, WatchProgress):
+                return item
+    first = yield next_change()
+    assert first.event.action == "txn" and first.cluster_id == start.cluster_id
+    assert [(e.type, e.kv.key) for e in first.event.events] == [
+        ("PUT", prefix + b"/a"), ("PUT", prefix + b"/b")], first
+    second = yield next_change()
+    assert second.event.action == "delete" and second.event.events[0].prev_kv.value == b"1"
+    assert second.event.modifiedIndex == first.event.modifiedIndex + 2   # the outside put
+    # Quiet: the watch is created again, asking for progress, which covers the source.
+    now, _ = yield client.put(prefix + b"0/outside", b"y")
+    while True:
+        progress = yield reader.next()
+        assert isinstance(progress, WatchProgress), progress
+        if progress.etcd_index >= now.revision:
+            break
+    # Far behind (a watch that starts in the past): no progress may overtake the history.
+    behind = now.revision
+    for i in range(300):
+        yield client.put(prefix + b"/h%d" % (i % 7), b"%d" % i)
+    last, _ = yield client.put(prefix + b"/h-last", b"x")
+    reader.follow(behind + 1)
+    seen = behind
+    while seen < last.revision:
+        item = yield reader.next()
+        if isinstance(item, WatchProgress):
+            assert item.etcd_index <= seen, (item, seen)
+        else:
+            assert item.event.modifiedIndex == seen + 1, (item, seen)
+            seen = item.event.modifiedIndex
+    reader.close()
+    v3source.SNAPSHOT_PAGE = 2
+    for i in range(5):
+        yield client.put(prefix + b"/p%d" % i, b"%d" % i)
+    snap = yield reader.snapshot()
+    whole = yield client.range(prefix + b"/", prefix_range_end(prefix + b"/"),
+                               revision=snap.etcd_index)
+    assert len(whole.kvs) == 14 and sorted(snap.nodes) == [
+        kv.key.decode() for kv in whole.kvs], snap.nodes
+    assert snap.nodes[prefix.decode() + "/p3"].value == "3" and snap.etcd_index > now.revision
+    yield client.compact(snap.etcd_index)
+    reader.follow(start.etcd_index + 1)
+    try:
+        yield reader.next()
+    except etcd.EtcdEventIndexCleared as e:
+        assert e.compact_revision == snap.etcd_index
+    else:
+        raise AssertionError("a compacted start revision was not reported")
+
+
 if __name__ == "__main__":
     task.react(main, sys.argv[1:])
