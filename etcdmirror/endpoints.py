@@ -109,3 +109,19 @@ def _redact(text: str) -> str:
     if not sep or "@" not in rest:
         return text
     return head + "://***@" + rest.rsplit("@", 1)[1]
+
+
+class EndpointCursor:
+    """Which of a cluster's endpoints requests go to now; the next one after a failure."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._endpoint_no = 0
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.cluster.endpoints[self._endpoint_no]
+
+    def next_endpoint(self) -> None:
+        """Move to the next endpoint of the cluster (after a transport failure)."""
+        self._endpoint_no = (self._endpoint_no + 1) % len(self.cluster.endpoints)

@@ -41,6 +41,19 @@ from etcdmirror.keys import KeyMapper
 CLAIM_TRIES = 5
 
 
+
+def index_in(value: Optional[str], key: str, where: str) -> int:
+    """The index a replication key holds; :class:`MirrorFatal` when missing or not a number."""
+    if value is None:
+        raise MirrorFatal(f"The replication key {key} could not be found on {where}. "
+                          "Restart with --reload!")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise MirrorFatal(f"The replication key {key} holds {value!r}, not an etcd index. "
+                          "Restart with --reload!") from None
+
+
 class IndexStore:
     """The :class:`~etcdmirror.roles.Checkpoint` on an etcd v2 destination (no retries here)."""
 
@@ -73,16 +86,7 @@ class IndexStore:
     def read_index(self):
         """Fires with the persisted index; :class:`MirrorFatal` when missing or not a number."""
         value = yield self._read(self.key)
-        if value is None:
-            raise MirrorFatal(
-                f"The replication key {self.key} could not be found on the destination "
-                f"{self.destination.cluster.display}. Restart with --reload!")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise MirrorFatal(
-                f"The replication key {self.key} holds {value!r}, not an etcd index. "
-                "Restart with --reload!") from None
+        return index_in(value, self.key, f"the destination {self.destination.cluster.display}")
 
     def write_index(self, index: int) -> defer.Deferred:
         """Fires once the index is written."""

@@ -28,8 +28,15 @@ from twisted.web.http_headers import Headers
 
 from etcdmirror.answers import EtcdTimeout, EtcdUnavailable, TLSError
 from etcdmirror.bodies import BytesBody
-from etcdmirror.endpoints import Cluster, Endpoint
+from etcdmirror.endpoints import Cluster, EndpointCursor
 from etcdmirror.writeconn import WritePool, build_request
+
+
+def make_agent(reactor: Any, pool: HTTPConnectionPool, timeout: float,
+               tls: Optional[Any] = None) -> Agent:
+    """Twisted's ``Agent`` on ``pool``, with the side's TLS policy if it has one."""
+    return Agent(reactor, pool=pool, connectTimeout=timeout,
+                 **({"contextFactory": tls} if tls is not None else {}))
 
 
 def make_pool(reactor: Any, max_per_host: int = 8) -> HTTPConnectionPool:
@@ -40,7 +47,7 @@ def make_pool(reactor: Any, max_per_host: int = 8) -> HTTPConnectionPool:
     return pool
 
 
-class Transport:
+class Transport(EndpointCursor):
     """Sends requests to the current endpoint of ``cluster``; moves on after a failure."""
 
     def __init__(
@@ -52,14 +59,12 @@ class Transport:
         name: str = "etcd",
         tls: Optional[Any] = None,
     ) -> None:
-        self.cluster = cluster
+        super().__init__(cluster)
         self.reactor = reactor
         self.timeout = timeout
         self.name = name
-        self._endpoint_no = 0
         self._pool = pool if pool is not None else make_pool(reactor)
-        self._agent = Agent(reactor, pool=self._pool, connectTimeout=timeout,
-                            **({"contextFactory": tls} if tls is not None else {}))
+        self._agent = make_agent(reactor, self._pool, timeout, tls)
         self._http = treq.client.HTTPClient(self._agent)
         #: The headers of every write (Agent copies them before adding Host).
         self._write_headers = Headers({b"Accept": [b"application/json"],
@@ -72,14 +77,6 @@ class Transport:
             self._write_headers.setRawHeaders(b"Authorization", [basic])
             self._write_lines += b"Authorization: " + basic + b"\r\n"
         self._writes = WritePool(reactor, connect_timeout=timeout)
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.cluster.endpoints[self._endpoint_no]
-
-    def next_endpoint(self) -> None:
-        """Move to the next endpoint of the cluster (after a transport failure)."""
-        self._endpoint_no = (self._endpoint_no + 1) % len(self.cluster.endpoints)
 
     def close(self) -> defer.Deferred:
         """Close the pools' idle connections; fires once they are closed."""

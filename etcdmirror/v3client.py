@@ -21,11 +21,11 @@ import treq
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
 from etcdmirror.bodies import Aborted, BytesBody, Collector, EventLines
-from etcdmirror.endpoints import Cluster, Endpoint
-from etcdmirror.transport import make_pool, was_cancelled
+from etcdmirror.endpoints import Cluster, EndpointCursor
+from etcdmirror.transport import make_agent, make_pool, was_cancelled
 from etcdmirror.v3wire import (
     Header, KeyValue, RangeResult, TxnResult, V3Error, V3Unavailable, WatchResponse, b64,
     decode, error_for, number, unb64, watch_response)
@@ -34,28 +34,18 @@ from etcdmirror.v3wire import (
 MAX_BODY = 512 * 1024 * 1024
 
 
-class V3Client:
+class V3Client(EndpointCursor):
     """Talks etcd v3 to one cluster, moving between its endpoints."""
 
     def __init__(self, cluster: Cluster, reactor: IReactorTime,
                  pool: Optional[HTTPConnectionPool] = None, timeout: float = 10.0,
                  name: str = "etcd", tls: Optional[Any] = None) -> None:
-        self.cluster = cluster
+        super().__init__(cluster)
         self.reactor = reactor
         self.timeout = timeout
         self.name = name
-        self._endpoint_no = 0
         self._pool = pool if pool is not None else make_pool(reactor)
-        agent = Agent(reactor, pool=self._pool, connectTimeout=timeout,
-                      **({"contextFactory": tls} if tls is not None else {}))
-        self._http = treq.client.HTTPClient(agent)
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return self.cluster.endpoints[self._endpoint_no]
-
-    def next_endpoint(self) -> None:
-        self._endpoint_no = (self._endpoint_no + 1) % len(self.cluster.endpoints)
+        self._http = treq.client.HTTPClient(make_agent(reactor, self._pool, timeout, tls))
 
     def close(self) -> defer.Deferred:
         """Close the idle connections; fires once they are closed."""

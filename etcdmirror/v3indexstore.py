@@ -17,7 +17,7 @@ from typing import Optional
 
 from twisted.internet import defer
 
-from etcdmirror.errors import MirrorFatal
+from etcdmirror.indexstore import index_in
 from etcdmirror.keys import KeyMapper
 from etcdmirror.v3mapping import raw, text
 from etcdmirror.v3replica import V3ReplicaWriter
@@ -41,15 +41,8 @@ class V3IndexStore:
     def read_index(self):
         """Fires with the checkpoint; :class:`MirrorFatal` when missing or not a number."""
         value = yield self._read(self.key)
-        if value is None:
-            raise MirrorFatal(
-                f"The replication key {self.key} could not be found in the v3 keyspace of the "
-                f"destination {self.client.cluster.display}. Restart with --reload!")
-        try:
-            index = int(value)
-        except ValueError:
-            raise MirrorFatal(f"The replication key {self.key} holds {value!r}, not a "
-                              "revision. Restart with --reload!") from None
+        index = index_in(value, self.key, "the v3 keyspace of the destination "
+                         f"{self.client.cluster.display}")
         self.writer.applied = index
         return index
 
