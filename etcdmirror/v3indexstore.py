@@ -46,11 +46,14 @@ class V3IndexStore:
         self.writer.applied = index
         return index
 
-    def write_index(self, index: int) -> defer.Deferred:
-        """Progress with no change: moves the checkpoint through the writer."""
-        if self.writer.applied is not None and index <= self.writer.applied:
-            return defer.succeed(None)
-        return self.writer.move_checkpoint(index)
+    @defer.inlineCallbacks
+    def write_index(self, index: int):
+        """Progress with no change, or the end of a resync: moves the checkpoint
+        through the writer, never backwards; fires with None."""
+        if self.writer.applied is None:
+            yield self.writer.load()  # a reload starts without reading it
+        if self.writer.applied is None or index > self.writer.applied:
+            yield self.writer.move_checkpoint(index)
 
     def read_horizon(self) -> defer.Deferred:
         return defer.succeed(None)
@@ -59,7 +62,8 @@ class V3IndexStore:
         return defer.succeed(None)
 
     def claim(self) -> defer.Deferred:
-        return defer.succeed(None)
+        """At every start: the writer learns where the checkpoint is."""
+        return self.writer.load()
 
     def read_source_id(self) -> defer.Deferred:
         return self._read(self.source_id_key)

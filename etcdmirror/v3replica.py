@@ -17,19 +17,32 @@ failed transaction is read from the transaction's own failure branch:
 * any other key that differs is :class:`Divergence`, naming the key, what
   was expected and what was found.
 
-Part of issue 15: the role's snapshot, resync plan and leases come with the
-v3 source reader; the controller does not use this writer yet.
+A resync's plan (:mod:`etcdmirror.resync`) is written
+:data:`~etcdmirror.v2replica.RESYNC_CONCURRENCY` requests at a time, every
+key then every delete: v3 has no directories to write first (a v2
+directory in the plan writes nothing; deleting one deletes what is below it).
+
+Part of issue 15: leases are not mirrored yet, and the controller does not
+use this writer yet.
 """
 
+import logging
+from functools import partial
 from typing import Any, Dict, List, Optional
 
 from twisted.internet import defer
 
-from etcdmirror.events import Divergence, Outcome
+from etcdmirror.bounded import run_bounded
+from etcdmirror.events import Divergence, Outcome, WatchProgress
 from etcdmirror.keys import KeyMapper
+from etcdmirror.resync import NodeState, Plan, Retry, no_retry
+from etcdmirror.v2replica import RESYNC_CONCURRENCY
 from etcdmirror.v3client import V3Client
 from etcdmirror.v3mapping import Change, Revision, raw, transaction, v2_changes, v3_changes
-from etcdmirror.v3wire import unb64
+from etcdmirror.v3source import read_snapshot
+from etcdmirror.v3wire import prefix_range_end, unb64
+
+log = logging.getLogger(__name__)
 
 
 class V3ReplicaWriter:
@@ -46,6 +59,46 @@ class V3ReplicaWriter:
         self.checkpoint_key = raw(mapper.index_key)
         #: The revision the checkpoint holds (None: none yet); :meth:`load` reads it.
         self.applied: Optional[int] = None
+
+    @defer.inlineCallbacks
+    def position(self):
+        """Fires with the destination's revision and cluster id (a linearizable read)."""
+        found = yield self.client.range(self.checkpoint_key)
+        return WatchProgress(found.header.revision, found.header.cluster_id)
+
+    def snapshot(self) -> defer.Deferred:
+        """Fires with the image of the source prefix on the destination, at one revision."""
+        root = raw(self.mapper.dst_root)
+        if root == b"/":
+            return read_snapshot(self.client, b"\0", b"\0")
+        below = root.rstrip(b"/") + b"/"
+        return read_snapshot(self.client, below, prefix_range_end(below))
+
+    @defer.inlineCallbacks
+    def write_plan(self, plan: Plan, retry: Retry = no_retry, log_writes: bool = True):
+        """Carry out a resync's plan: every key, then every delete; fires with None."""
+        yield run_bounded([partial(self._write, key, node, retry, log_writes)
+                           for key, node, _ in plan.writes if not node.dir],
+                          RESYNC_CONCURRENCY)
+        yield run_bounded([partial(self._delete, key, node, retry)
+                           for key, node in plan.deletes], RESYNC_CONCURRENCY)
+
+    @defer.inlineCallbacks
+    def _write(self, key: str, node: NodeState, retry: Retry, log_writes: bool):
+        yield retry(f"resync: writing {key!r}", "destination",
+                    lambda: self.client.put(raw(key), raw(node.value or "")))
+        if log_writes:
+            log.info("resync: wrote %s", key)
+
+    @defer.inlineCallbacks
+    def _delete(self, key: str, node: NodeState, retry: Retry):
+        yield retry(f"resync: deleting {key!r}", "destination",
+                    lambda: self.client.delete_range(raw(key)))
+        if node.dir:
+            below = raw(key).rstrip(b"/") + b"/"
+            yield retry(f"resync: deleting what is below {key!r}", "destination",
+                        lambda: self.client.delete_range(below, prefix_range_end(below)))
+        log.info("resync: deleted %s%s", key, " (and everything below it)" if node.dir else "")
 
     @defer.inlineCallbacks
     def load(self):

@@ -85,25 +85,9 @@ class V3SourceReader:
         found = yield self.client.range(self.key, self.range_end, limit=1, keys_only=True)
         return WatchProgress(found.header.revision, found.header.cluster_id)
 
-    @defer.inlineCallbacks
-    def snapshot(self):
-        """Every key under the prefix at one revision, page by page; fires with a Snapshot.
-
-        Values are text (UTF-8, any other byte kept); a key with a lease carries
-        no TTL yet (leases are not mirrored yet).
-        """
-        nodes: Dict[str, NodeState] = {}
-        revision, cluster_id, start = 0, "", self.key
-        while True:
-            page = yield self.client.range(start, self.range_end, revision=revision,
-                                           limit=SNAPSHOT_PAGE)
-            revision = revision or page.header.revision
-            cluster_id = cluster_id or page.header.cluster_id
-            for kv in page.kvs:
-                nodes[text(kv.key)] = NodeState(False, text(kv.value))
-            if not page.more or not page.kvs:
-                return Snapshot(nodes, revision, cluster_id)
-            start = page.kvs[-1].key + b"\0"
+    def snapshot(self) -> defer.Deferred:
+        """Every key under the prefix at one revision; fires with a Snapshot."""
+        return read_snapshot(self.client, self.key, self.range_end)
 
     def follow(self, index: int) -> None:
         """Hand out revisions from ``index`` on."""
@@ -230,6 +214,28 @@ class V3SourceReader:
     def _cancelled(self) -> None:
         self._waiter = None
         self.close()
+
+
+
+@defer.inlineCallbacks
+def read_snapshot(client: V3Client, key: bytes, range_end: bytes):
+    """Every key in ``[key, range_end)`` at one revision, :data:`SNAPSHOT_PAGE` keys a
+    request; fires with a :class:`Snapshot`.
+
+    Keys and values are text (UTF-8, any other byte kept as it is); a key with
+    a lease carries no TTL yet (leases are not mirrored yet).
+    """
+    nodes: Dict[str, NodeState] = {}
+    revision, cluster_id, start = 0, "", key
+    while True:
+        page = yield client.range(start, range_end, revision=revision, limit=SNAPSHOT_PAGE)
+        revision = revision or page.header.revision
+        cluster_id = cluster_id or page.header.cluster_id
+        for kv in page.kvs:
+            nodes[text(kv.key)] = NodeState(False, text(kv.value))
+        if not page.more or not page.kvs:
+            return Snapshot(nodes, revision, cluster_id)
+        start = page.kvs[-1].key + b"\0"
 
 
 def _by_revision(events: List[WatchEvent]) -> List[Revision]:

@@ -23,7 +23,7 @@ def scenario(name, url):
 
 
 @pytest.mark.parametrize("name", ["kv", "txn", "leases", "watch", "mapping", "replica",
-                                  "indexstore", "source"])
+                                  "indexstore", "source", "resync"])
 def test_the_client_on_a_real_etcd(src, name):
     scenario(name, src.url)
 

@@ -362,5 +362,35 @@ def source(reactor, client, prefix):
         raise AssertionError("a compacted start revision was not reported")
 
 
+@defer.inlineCallbacks
+def resync(reactor, client, prefix):
+    """A resync's plan written to a v3 destination (from a v2 source's snapshot, with a
+    directory): the image equals the source after it, and the checkpoint moves after
+    a reload that did not read it."""
+    from etcdmirror.keys import KeyMapper
+    from etcdmirror.resync import NodeState, make_plan
+    from etcdmirror.v3indexstore import V3IndexStore
+    from etcdmirror.v3replica import V3ReplicaWriter
+    mapper = KeyMapper("/src", prefix.decode(), strip=True)
+    writer = V3ReplicaWriter(client, mapper)
+    store = V3IndexStore(writer, mapper)
+    yield client.put(prefix + b"/stale", b"not on the source")
+    yield client.put(prefix + b"/a", b"old")
+    yield client.put(writer.checkpoint_key, b"3")        # an earlier mirror's
+    source = {"/src/a": NodeState(False, "new"), "/src/d": NodeState(True),
+              "/src/d/x": NodeState(False, "x")}
+    replica = yield writer.snapshot()
+    plan = make_plan(source, replica.nodes, mapper)
+    yield writer.write_plan(plan, log_writes=False)
+    after = yield writer.snapshot()
+    p = prefix.decode()
+    assert after.nodes == {p + "/a": NodeState(False, "new"),
+                           p + "/d/x": NodeState(False, "x")}, after.nodes
+    position = yield writer.position()
+    assert position.etcd_index >= after.etcd_index and position.cluster_id
+    yield store.write_index(40)                           # the resync's index
+    assert (yield store.read_index()) == 40
+
+
 if __name__ == "__main__":
     task.react(main, sys.argv[1:])
