@@ -10,8 +10,12 @@ retrying (:class:`~etcdmirror.v3wire.V3Unavailable`) the next call goes to
 the next endpoint.  Messages name the call and the endpoint, never
 credentials.
 
-Not here yet (etcd v3 auth): a user and password are turned into a token by
-``/v3/auth/authenticate``; this client sends none.
+etcd v3 auth: with credentials (``user:password@`` in the URL, or the
+credentials file), the client first trades them for a token at
+``/v3/auth/authenticate`` and sends the token with every call; when etcd
+answers that the token is no longer valid (gRPC code 16, after a restart or
+its TTL), it authenticates again and sends the call once more.  The password
+is sent to that one endpoint only and appears in no message.
 """
 
 import json
@@ -27,8 +31,8 @@ from etcdmirror.bodies import Aborted, BytesBody, Collector, EventLines
 from etcdmirror.endpoints import Cluster, EndpointCursor
 from etcdmirror.transport import make_agent, make_pool, was_cancelled
 from etcdmirror.v3wire import (
-    Header, KeyValue, RangeResult, TxnResult, V3Error, V3Unavailable, WatchResponse, b64,
-    decode, error_for, number, unb64, watch_response)
+    UNAUTHENTICATED, Header, KeyValue, RangeResult, TxnResult, V3Error, V3Unavailable,
+    WatchResponse, b64, decode, error_for, number, unb64, watch_response)
 
 #: Largest answer read whole (a range of a big prefix can be large; bounded).
 MAX_BODY = 512 * 1024 * 1024
@@ -46,6 +50,8 @@ class V3Client(EndpointCursor):
         self.name = name
         self._pool = pool if pool is not None else make_pool(reactor)
         self._http = treq.client.HTTPClient(make_agent(reactor, self._pool, timeout, tls))
+        #: The v3 auth token (None: none yet, or no credentials).
+        self._token: Optional[str] = None
 
     def close(self) -> defer.Deferred:
         """Close the idle connections; fires once they are closed."""
@@ -174,10 +180,12 @@ class V3Client(EndpointCursor):
             create["range_end"] = b64(range_end)
         if prev_kv:
             create["prev_kv"] = True
-        lines = [{"create_request": create}] + ([{"progress_request": {}}]
-                                                  if request_progress else [])
-        body = b"".join(json.dumps(line).encode("ascii") + b"\n" for line in lines)
-        what, request = self._post("/v3/watch", body, timeout=None)
+        requests = [{"create_request": create}] + ([{"progress_request": {}}]
+                                                   if request_progress else [])
+        body = b"".join(json.dumps(r).encode("ascii") + b"\n" for r in requests)
+        what = self._what("/v3/watch")
+        request = self._token_ready().addCallback(
+            lambda _: self._post("/v3/watch", body, timeout=None)[1])
 
         def streaming(response: Any) -> defer.Deferred:
             if response.code != 200:
@@ -189,24 +197,71 @@ class V3Client(EndpointCursor):
             finished.addErrback(self._stream_failed, what)
             return finished
 
-        return V3Watch(request.addCallback(streaming))
+        request.addCallback(streaming)
+        request.addErrback(self._watch_token_expired)
+        return V3Watch(request)
+
+    def _watch_token_expired(self, failure: Failure) -> Failure:
+        """A watch refused for an expired token: the next call authenticates again,
+        and the watch is worth opening again (a transient failure)."""
+        if self.cluster.auth is not None and failure.check(V3Error) and (
+                failure.value.code == UNAUTHENTICATED):
+            self._token = None
+            raise V3Unavailable(f"{failure.getErrorMessage()}; authenticating again")
+        return failure
 
     # -- the request path -------------------------------------------------------------
 
     def call(self, path: str, body: Dict[str, Any],
              parse: Callable[[Dict[str, Any]], Any]) -> defer.Deferred:
         """POST ``body`` to ``path``; fires with ``parse(answer)`` or fails with a V3Error."""
+        d = self._token_ready()
+        d.addCallback(lambda _: self._call_once(path, body, parse))
+        d.addErrback(self._token_expired, path, body, parse)
+        return d
+
+    @defer.inlineCallbacks
+    def authenticate(self):
+        """Trade the cluster's credentials for a token; fires with None."""
+        user, password = self.cluster.auth
+        self._token = None
+        self._token = yield self._call_once(
+            "/v3/auth/authenticate", {"name": user, "password": password},
+            lambda d: str(d.get("token", "")))
+
+    def _token_ready(self) -> defer.Deferred:
+        if self.cluster.auth is None or self._token is not None:
+            return defer.succeed(None)
+        return self.authenticate()
+
+    def _token_expired(self, failure: Failure, path: str, body: Dict[str, Any],
+                       parse: Callable[[Dict[str, Any]], Any]) -> Any:
+        if self.cluster.auth is None or not failure.check(V3Error) or (
+                failure.value.code != UNAUTHENTICATED):
+            return failure
+        d = self.authenticate()
+        d.addCallback(lambda _: self._call_once(path, body, parse))
+        return d
+
+    def _call_once(self, path: str, body: Dict[str, Any],
+                   parse: Callable[[Dict[str, Any]], Any]) -> defer.Deferred:
         what, request = self._post(path, body, self.timeout)
         return request.addCallback(self._read, what, parse)
+
+    def _what(self, path: str) -> str:
+        """Names a call in messages: the path and the endpoint, never credentials."""
+        return f"{path} on {self.name} {self.endpoint.url}"
 
     def _post(self, path: str, body: Any, timeout: Optional[float]) -> Tuple[str, defer.Deferred]:
         """POST ``body`` (a dict sent as JSON, or bytes as they are) to ``path``."""
         endpoint = self.endpoint
-        what = f"{path} on {self.name} {endpoint.url}"
+        what = self._what(path)
         data = body if isinstance(body, bytes) else json.dumps(body).encode("ascii")
+        headers = {b"Content-Type": [b"application/json"]}
+        if self._token is not None:
+            headers[b"Authorization"] = [self._token.encode("ascii")]
         d = self._http.request(
-            "POST", endpoint.url + path, data=BytesBody(data),
-            headers={b"Content-Type": [b"application/json"]}, timeout=timeout,
+            "POST", endpoint.url + path, data=BytesBody(data), headers=headers, timeout=timeout,
             unbuffered=True, allow_redirects=False, reactor=self.reactor)
         d.addErrback(self._unavailable, what, timeout)
         return what, d

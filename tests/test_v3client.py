@@ -28,6 +28,10 @@ def test_the_client_on_a_real_etcd(src, name):
     scenario(name, src.url)
 
 
+def test_auth_tokens_on_an_etcd_of_its_own(etcd_factory):
+    scenario("auth", etcd_factory(name="v3auth").url)
+
+
 def test_an_unreachable_endpoint_is_unavailable():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

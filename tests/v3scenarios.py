@@ -392,5 +392,54 @@ def resync(reactor, client, prefix):
     assert (yield store.read_index()) == 40
 
 
+@defer.inlineCallbacks
+def auth(reactor, client, prefix):
+    """etcd v3 auth on a real etcd: enabled here (the server is the test's own), then
+    the client trades its credentials for a token, uses it in calls and in a watch,
+    and authenticates again when the token is no longer valid; a wrong password and
+    no credentials at all are errors that never show the password."""
+    from etcdmirror.endpoints import parse_cluster
+    from etcdmirror.v3wire import V3Error
+    url = client.cluster.display
+    for path, body in [("/v3/auth/role/add", {"name": "root"}),
+                       ("/v3/auth/user/add", {"name": "root", "password": "s3cr3t-pw"}),
+                       ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+                       ("/v3/auth/enable", {})]:
+        yield client.call(path, body, lambda d: d)
+    try:
+        yield client.put(prefix + b"/x", b"1")
+    except V3Error as e:
+        assert "user name is empty" in str(e)
+    else:
+        raise AssertionError("a call without credentials went through")
+    authed = V3Client(parse_cluster(url.replace("http://", "http://root:s3cr3t-pw@")),
+                      reactor, timeout=5)
+    header, _ = yield authed.put(prefix + b"/x", b"1")
+    assert header.revision > 0
+    authed._token = "not.a-valid-token"                   # as after a restart of etcd
+    found = yield authed.range(prefix + b"/x")
+    assert found.kvs[0].value == b"1"
+    got = defer.Deferred()
+    watch = authed.watch(prefix + b"/", prefix_range_end(prefix + b"/"), header.revision,
+                         lambda r: got.callback(r) if r.events and not got.called else None)
+    yield got
+    watch.cancel()
+    try:
+        yield watch.done
+    except defer.CancelledError:
+        pass
+    wrong = V3Client(parse_cluster(url.replace("http://", "http://root:wrong-pw@")),
+                     reactor, timeout=5)
+    try:
+        yield wrong.put(prefix + b"/x", b"2")
+    except V3Error as e:
+        assert "authentication failed" in str(e) and "wrong-pw" not in str(e), e
+    else:
+        raise AssertionError("a wrong password went through")
+    yield authed.call("/v3/auth/disable", {}, lambda d: d)
+    yield authed.close()
+    yield wrong.close()
+
+
 if __name__ == "__main__":
     task.react(main, sys.argv[1:])
