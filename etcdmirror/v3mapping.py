@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional
 from etcdmirror.events import DELETE_ACTIONS, Event
 from etcdmirror.keys import KeyMapper
 from etcdmirror.v3wire import (
-    WatchEvent, compare_value, compare_version, prefix_range_end, request_delete,
+    WatchEvent, compare_value, compare_version, keys_below, request_delete,
     request_put, request_range)
 
 
@@ -164,7 +164,6 @@ def transaction(changes: List[Change], checkpoint_key: bytes, applied: Optional[
         else:
             success.append(request_delete(change.key))
             if change.below:
-                below = change.key.rstrip(b"/") + b"/"
-                success.append(request_delete(below, prefix_range_end(below)))
+                success.append(request_delete(*keys_below(change.key)))
     success.append(request_put(checkpoint_key, str(revision).encode("ascii")))
     return {"compare": compare, "success": success, "failure": failure}

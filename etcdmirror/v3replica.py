@@ -40,7 +40,7 @@ from etcdmirror.v2replica import RESYNC_CONCURRENCY
 from etcdmirror.v3client import V3Client
 from etcdmirror.v3mapping import Change, Revision, raw, transaction, v2_changes, v3_changes
 from etcdmirror.v3source import read_snapshot
-from etcdmirror.v3wire import prefix_range_end, unb64
+from etcdmirror.v3wire import keys_below, unb64
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,7 @@ class V3ReplicaWriter:
 
     def snapshot(self) -> defer.Deferred:
         """Fires with the image of the source prefix on the destination, at one revision."""
-        root = raw(self.mapper.dst_root)
-        if root == b"/":
-            return read_snapshot(self.client, b"\0", b"\0")
-        below = root.rstrip(b"/") + b"/"
-        return read_snapshot(self.client, below, prefix_range_end(below))
+        return read_snapshot(self.client, *keys_below(raw(self.mapper.dst_root)))
 
     @defer.inlineCallbacks
     def write_plan(self, plan: Plan, retry: Retry = no_retry, log_writes: bool = True):
@@ -95,9 +91,8 @@ class V3ReplicaWriter:
         yield retry(f"resync: deleting {key!r}", "destination",
                     lambda: self.client.delete_range(raw(key)))
         if node.dir:
-            below = raw(key).rstrip(b"/") + b"/"
             yield retry(f"resync: deleting what is below {key!r}", "destination",
-                        lambda: self.client.delete_range(below, prefix_range_end(below)))
+                        lambda: self.client.delete_range(*keys_below(raw(key))))
         log.info("resync: deleted %s%s", key, " (and everything below it)" if node.dir else "")
 
     @defer.inlineCallbacks

@@ -38,7 +38,7 @@ from etcdmirror.events import WatchProgress
 from etcdmirror.resync import NodeState, Snapshot
 from etcdmirror.v3client import V3Client, V3Watch
 from etcdmirror.v3mapping import Revision, raw, text
-from etcdmirror.v3wire import WatchEvent, WatchResponse, prefix_range_end
+from etcdmirror.v3wire import WatchEvent, WatchResponse, keys_below
 
 #: Keys read per request of a snapshot.
 SNAPSHOT_PAGE = 1000
@@ -63,8 +63,7 @@ class V3SourceReader:
                  on_registered: Any = None) -> None:
         self.client = client
         self.display = client.cluster.display
-        self.key = raw(prefix.rstrip("/") + "/") if prefix != "/" else b"\0"
-        self.range_end = prefix_range_end(self.key) if prefix != "/" else b"\0"
+        self.key, self.range_end = keys_below(raw(prefix))
         self.clock = clock
         self.idle_timeout = idle_timeout
         self._on_source_index = on_source_index or (lambda index: None)

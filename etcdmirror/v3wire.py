@@ -18,7 +18,7 @@ into :class:`V3Error` types.  Everything here is pure: no I/O.
 import base64
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import etcd
 
@@ -84,6 +84,15 @@ def prefix_range_end(prefix: bytes) -> bytes:
         return b"\0"
     data[-1] += 1
     return bytes(data)
+
+
+def keys_below(path: bytes) -> Tuple[bytes, bytes]:
+    """``(key, range_end)`` covering every key below the path ``path`` (``/a``: every
+    ``/a/...``); ``/`` covers every key."""
+    if not path.strip(b"/"):
+        return b"\0", b"\0"
+    below = path.rstrip(b"/") + b"/"
+    return below, prefix_range_end(below)
 
 
 @dataclass(frozen=True)

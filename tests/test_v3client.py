@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from etcdmirror.v3wire import (
-    V3Compacted, V3Error, V3NotFound, V3Unavailable, error_for, prefix_range_end,
-    watch_response)
+    V3Compacted, V3Error, V3NotFound, V3Unavailable, error_for, keys_below,
+    prefix_range_end, watch_response)
 
 
 def scenario(name, url):
@@ -43,6 +43,12 @@ def test_an_unreachable_endpoint_is_unavailable():
     (b"/a/", b"/a0"), (b"a", b"b"), (b"a\xff", b"b"), (b"\xff\xff", b"\0"), (b"", b"\0")])
 def test_prefix_range_end(prefix, end):
     assert prefix_range_end(prefix) == end
+
+
+@pytest.mark.parametrize("path, expected", [
+    (b"/a", (b"/a/", b"/a0")), (b"/a/", (b"/a/", b"/a0")), (b"/", (b"\0", b"\0"))])
+def test_keys_below_a_path(path, expected):
+    assert keys_below(path) == expected
 
 
 @pytest.mark.parametrize("status, body, kind", [
