@@ -62,6 +62,21 @@ def event(action, key, index, value=None):
     return Event(key, value, False, None, None, index, action, None)
 
 
+def v2_event(action, key, value=None, prev=None, index=9, is_dir=False, ttl=None):
+    """An event as a v2 watch answer carries it (``prev``: the prevNode's value)."""
+    node = {"key": key, "modifiedIndex": index}
+    if value is not None:
+        node["value"] = value
+    if is_dir:
+        node["dir"] = True
+    if ttl is not None:
+        node["ttl"] = ttl
+    payload = {"action": action, "node": node}
+    if prev is not None:
+        payload["prevNode"] = {"key": key, "value": prev, "modifiedIndex": index - 1}
+    return Event.from_payload(payload)
+
+
 class Delivery:
     """What a source reader hands out for one event."""
 

@@ -4,26 +4,12 @@ test_v3client.py."""
 
 import re
 
-from etcdmirror.events import Event
 from etcdmirror.keys import KeyMapper
 from etcdmirror.v3mapping import Change, transaction, v2_changes, v3_changes
 from etcdmirror.v3wire import KeyValue, WatchEvent, b64
+from tests.fakes import v2_event as v2
 
 MAPPER = KeyMapper("/conftool", "/replica", ignore=re.compile(r"/conftool/local/.*"))
-
-
-def v2(action, key, value=None, prev=None, is_dir=False, ttl=None):
-    node = {"key": key, "modifiedIndex": 9}
-    if value is not None:
-        node["value"] = value
-    if is_dir:
-        node["dir"] = True
-    if ttl is not None:
-        node["ttl"] = ttl
-    payload = {"action": action, "node": node}
-    if prev is not None:
-        payload["prevNode"] = {"key": key, "value": prev, "modifiedIndex": 8}
-    return Event.from_payload(payload)
 
 
 def test_v2_keys_keep_their_path_and_compare_what_the_source_had_before():

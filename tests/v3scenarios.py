@@ -162,21 +162,11 @@ def mapping(reactor, client, prefix):
     """v3mapping.transaction on a real etcd: the changes and the checkpoint land at one
     revision; the same change again fails on the checkpoint (a replay); a key written
     behind the mirror's back fails its compare; a v2 directory delete takes what is below."""
-    from etcdmirror.events import Event
     from etcdmirror.keys import KeyMapper
     from etcdmirror.v3mapping import transaction, v2_changes
+    from tests.fakes import v2_event as v2
     mapper = KeyMapper("/src", prefix.decode(), strip=True)
     checkpoint = prefix + b"/__checkpoint"
-
-    def v2(action, key, value=None, prev=None, index=1, is_dir=False):
-        payload = {"action": action, "node": {"key": key, "modifiedIndex": index}}
-        if value is not None:
-            payload["node"]["value"] = value
-        if is_dir:
-            payload["node"]["dir"] = True
-        if prev is not None:
-            payload["prevNode"] = {"key": key, "value": prev, "modifiedIndex": index - 1}
-        return Event.from_payload(payload)
 
     body = transaction(v2_changes(v2("set", "/src/a", "1", index=5), mapper)
                        + v2_changes(v2("create", "/src/d/x", "x", index=5), mapper),
