@@ -12,6 +12,12 @@ checks (:class:`~etcdmirror.applier.EventApplier`).
 
 Index progress learnt from quiet watches is written less often, but at once
 when it moved far: a restart must not land outside the source's history.
+
+An *atomic* checkpoint (etcd v3: :mod:`etcdmirror.v3indexstore`) moves with
+each event, in the event's own transaction: nothing is batched and no
+horizon is written.  Progress is still written here, but only from the loop
+(never from a timer), because it is a compared transaction too and must not
+run beside an event's.
 """
 
 import logging
@@ -67,6 +73,7 @@ class Checkpointer:
         self._applied_index = applied_index
         self._running = running
         self._on_lost = on_lost
+        self.atomic = bool(getattr(checkpoint, "atomic", False))
         #: The index last written (None: replication has not started).
         self.persisted_index: Optional[int] = None
         #: Events up to here may have been applied before the last crash.
@@ -101,6 +108,8 @@ class Checkpointer:
     @defer.inlineCallbacks
     def before_apply(self, index: int):
         """Fires once the replay horizon covers ``index`` (usually at once)."""
+        if self.atomic:
+            return
         horizon = horizon_value(self.horizon, index, self.settings.horizon_slack)
         if horizon is not None:
             yield self._retrying("writing the replay horizon", "destination",
@@ -109,6 +118,9 @@ class Checkpointer:
 
     def applied(self) -> None:
         """One more event is applied: write the index soon, or now after a full batch."""
+        if self.atomic:
+            self._persisted(self._applied_index())  # its transaction wrote it
+            return
         self._unpersisted += 1
         if self._unpersisted >= self.settings.persist_events:
             self._flush()
@@ -128,7 +140,7 @@ class Checkpointer:
         far = index - self.persisted_index >= self.settings.progress_persist_events
         if wait <= 0 or far:
             yield self.persist(index)
-        else:
+        elif not self.atomic:
             self._flush_later(wait)
 
     @defer.inlineCallbacks

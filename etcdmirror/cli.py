@@ -14,8 +14,8 @@ import click
 
 from etcdmirror import __version__
 from etcdmirror.cliopts import (
-    cluster_arguments, cluster_callback, mapping_options, max_resync_deletes_option,
-    prefix_callback, resolve_side, side_options)
+    api_options, check_mode, cluster_arguments, cluster_callback, mapping_options,
+    max_resync_deletes_option, prefix_callback, resolve_side, side_options)
 from etcdmirror.endpoints import Cluster
 from etcdmirror.guards import DeleteLimit
 from etcdmirror.keys import KeyMapper
@@ -50,6 +50,7 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
     help="Bring the destination to a consistent snapshot of the source (only the "
     "differences are written), then replicate from the snapshot's index.")
 @mapping_options
+@api_options
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port of the HTTP interface (/lag, /metrics, /status, /healthz, /wait).")
 @click.option("--listen-address", default="", metavar="ADDRESS",
@@ -118,19 +119,22 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
          verify_interval: float, heartbeat_key: Optional[str], heartbeat_interval: float,
          max_replica_age: float, watch_concurrency: int, watch_stream: bool,
          watch_idle_timeout: float, write_pipeline: int, check_config: bool,
-         listen_address: str, ha: bool, ha_ttl: Optional[int],
+         listen_address: str, ha: bool, ha_ttl: Optional[int], src_api: str, dst_api: str,
          src: Cluster, dst: Cluster, **sides: Any) -> None:
-    """Etcd MirrorMaker: replicate an etcd v2 prefix into another cluster."""
+    """Etcd MirrorMaker: replicate an etcd prefix into another cluster (v2, or v3)."""
     if ha_ttl is not None and not ha:
         raise click.BadParameter("only means something with --ha", param_hint="'--ha-ttl'")
+    check_mode(src_api, dst_api)
+    if ha and dst_api == "v3":
+        raise click.BadParameter("is not available with --dst-api v3 yet", param_hint="'--ha'")
     src, src_tls = resolve_side(src, "src", sides)
     dst, dst_tls = resolve_side(dst, "dst", sides)
     mapper = KeyMapper(src_prefix, dst_prefix, strip=strip, ignore=ignore)
     if heartbeat_key is not None:
         _check_heartbeat_key(heartbeat_key, mapper)
     if check_config:
-        click.echo(f"configuration ok: {src.display}{mapper.src_prefix} -> "
-                   f"{dst.display}{mapper.dst_root} (index {mapper.index_key})")
+        click.echo(f"configuration ok: {src.display}{mapper.src_prefix} ({src_api}) -> "
+                   f"{dst.display}{mapper.dst_root} ({dst_api}) (index {mapper.index_key})")
         return
     setup_logging(debug, level=LEVELS[log_level])
     from etcdmirror.controller import Options
@@ -145,7 +149,7 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
         verify_interval=verify_interval, heartbeat_interval=heartbeat_interval,
         max_replica_age=max_replica_age, listen_address=listen_address,
         src_tls=src_tls, dst_tls=dst_tls, ha_ttl=(ha_ttl or 10) if ha else None,
-        write_pipeline=write_pipeline)
+        write_pipeline=write_pipeline, src_api=src_api, dst_api=dst_api)
     sys.exit(run(src, dst, mapper, dst_prefix, port, options, daemon))
 
 
@@ -157,6 +161,7 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
 )
 @click.option("-d", "--debug", is_flag=True, help="Show debug output.")
 @mapping_options
+@api_options
 @click.option("--plan", is_flag=True,
               help="Print the writes and deletes a resync would make now (TTLs compared "
               "as a resync does), how many replica keys it would delete, and whether an "
@@ -167,7 +172,7 @@ def main(debug: bool, log_level: str, event_log: bool, reload: bool, strip: bool
 @click.version_option(__version__, "--version", message="%(version)s")
 @cluster_arguments
 def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, ignore: Any,
-                plan: bool, max_resync_deletes: DeleteLimit,
+                plan: bool, max_resync_deletes: DeleteLimit, src_api: str, dst_api: str,
                 src: Cluster, dst: Cluster, **sides: Any) -> None:
     """Compare the replica with a quorum snapshot of the source and print differences.
 
@@ -175,6 +180,7 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
     (not TTLs). Run it while the source is quiet for an exact answer: events in
     flight show up as differences. With --plan, print what a resync would do instead.
     """
+    check_mode(src_api, dst_api)
     src, src_tls = resolve_side(src, "src", sides)
     dst, dst_tls = resolve_side(dst, "dst", sides)
     setup_logging(debug, level=logging.WARNING)
@@ -183,7 +189,7 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
     from etcdmirror.verify import verify_command
     task.react(verify_command, (src, dst, mapper, src_tls, dst_tls, click.echo,
                                 lambda line: click.echo(line, err=True),
-                                plan, max_resync_deletes))
+                                plan, max_resync_deletes, (src_api, dst_api)))
 
 
 @click.command(

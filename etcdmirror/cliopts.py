@@ -90,6 +90,26 @@ def side_options(side: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def api_options(f: Callable) -> Callable:
+    """``--src-api`` and ``--dst-api``: the etcd API of each side (:mod:`etcdmirror.sides`)."""
+    for side, what in (("dst", "DST"), ("src", "SRC")):
+        f = click.option(f"--{side}-api", type=click.Choice(["v2", "v3"]), default="v2",
+                         show_default=True,
+                         help=f"The etcd API (and keyspace) {what} is read and written "
+                         "through. Modes: v2 -> v2, v3 -> v3, v2 -> v3 (also inside one "
+                         "cluster: its v2 and v3 keyspaces are separate).")(f)
+    return f
+
+
+def check_mode(src_api: str, dst_api: str) -> None:
+    """A usage error for a pair of APIs the mirror cannot run."""
+    from etcdmirror.sides import mode_problem
+
+    problem = mode_problem(src_api, dst_api)
+    if problem:
+        raise click.BadParameter(problem, param_hint="'--src-api'/'--dst-api'")
+
+
 def cluster_arguments(f: Callable) -> Callable:
     f = click.argument("dst", metavar="DST", callback=cluster_callback)(f)
     f = click.argument("src", metavar="SRC", callback=cluster_callback)(f)

@@ -31,7 +31,7 @@ from etcdmirror.checkpoint import Checkpointer
 from etcdmirror.errors import (
     EXIT_CRASH, EXIT_OK, EXIT_OPERATOR, STEPPED_DOWN, LostLease, MirrorFatal)
 from etcdmirror.events import ApplyError, Event, Outcome, WatchProgress, describe
-from etcdmirror.failures import resync_failure, resync_reason
+from etcdmirror.failures import history_lost_reason, resync_failure, resync_reason
 from etcdmirror.gate import WriteGate
 from etcdmirror.guards import ResyncRefused
 from etcdmirror.keys import KeyMapper
@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 
 class _Stopping(Exception):
     """Raised inside the loop once a stop was requested."""
+
+
+def _api(role: Any) -> str:
+    """The etcd API a source or replica speaks ("v2" when it does not say)."""
+    return getattr(role, "api", "v2")
 
 
 class ReplicationController:
@@ -211,7 +216,8 @@ class ReplicationController:
         src = yield self._retrying("probing the source", "source", self.source.position)
         dst = yield self._retrying("probing the destination", "destination",
                                    self.replica.position)
-        guards.check_not_a_loop(src.cluster_id, dst.cluster_id, self.mapper)
+        guards.check_not_a_loop(src.cluster_id, dst.cluster_id, self.mapper,
+                                same_keyspace=_api(self.source) == _api(self.replica))
         yield self._retrying("claiming the replication index", "destination",
                              self.store.claim)
         self.source_cluster_id = src.cluster_id
@@ -274,7 +280,7 @@ class ReplicationController:
                     "source", self.source.next)
             except etcd.EtcdEventIndexCleared as e:
                 yield self._settle()
-                yield self._index_cleared(e)
+                yield self._resync(history_lost_reason(e, self.index, self.options))
                 continue
             except defer.CancelledError:
                 if self._resync_wanted is None and not self.pipeline.stalled:
@@ -352,17 +358,6 @@ class ReplicationController:
             yield self._resync(reason, gate_held=True)
             return
         self.pipeline.release()
-
-    @defer.inlineCallbacks
-    def _index_cleared(self, error: Exception):
-        message = (
-            f"The current replication index {self.index} is not available anymore "
-            f"in the etcd source cluster ({error})."
-        )
-        if not self.options.auto_resync:
-            raise MirrorFatal(message + " Restart the process with --reload.")
-        log.warning("%s Resynchronising from a snapshot.", message)
-        yield self._resync("index_cleared")
 
     def _source_registered_a_watch(self) -> None:
         """Waiting on a quiet prefix is the loop moving too (systemd's watchdog)."""

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.error import CannotListenError
 
 from etcdmirror import __version__
-from etcdmirror.answers import is_transient
+from etcdmirror import sides
 from etcdmirror.client import EtcdClient
 from etcdmirror.controller import Options, ReplicationController
 from etcdmirror.endpoints import Cluster
@@ -24,6 +24,7 @@ from etcdmirror.ha import HaSupervisor
 from etcdmirror.halock import HaLock, HaSettings, Lease, holder_name
 from etcdmirror.indexstore import IndexStore
 from etcdmirror.keys import KeyMapper, probe_key
+from etcdmirror.roles import NoKeeper
 from etcdmirror.metrics import Metrics
 from etcdmirror.sdnotify import Notifier, SystemdReporter
 from etcdmirror.status import MirrorStatus, Role
@@ -31,8 +32,6 @@ from etcdmirror.pipeline import PIPELINE_DEPTH
 from etcdmirror.transport import make_pool
 from etcdmirror.ttlkeeper import CONCURRENCY as TTL_CONCURRENCY
 from etcdmirror.ttlkeeper import TtlKeeper
-from etcdmirror.v2replica import V2ReplicaWriter
-from etcdmirror.v2source import V2SourceReader
 from etcdmirror.verify import PeriodicVerifier
 from etcdmirror.watcher import WatchSettings
 from etcdmirror.web import make_site
@@ -68,6 +67,9 @@ class DaemonOptions:
     ha_ttl: Optional[int] = None
     #: ``--write-pipeline``: event writes in flight at once (``http://`` only).
     write_pipeline: int = PIPELINE_DEPTH
+    #: ``--src-api`` and ``--dst-api``: "v2" or "v3" (:mod:`etcdmirror.sides`).
+    src_api: str = "v2"
+    dst_api: str = "v2"
 
 
 def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port: int,
@@ -81,24 +83,21 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
                           max_replica_age=daemon.max_replica_age)
     registry = CollectorRegistry()
     metrics = Metrics(registry, status, url=dst.endpoints[0].url, prefix=dst_prefix_arg)
-    # Every watch in flight holds a connection, and so does each of the TTL
-    # keeper's reads; keep them all persistent.
-    connections = daemon.watch.connections_needed + TTL_CONCURRENCY + SIDE_JOB_CONNECTIONS
-    source = EtcdClient(src, reactor, make_pool(reactor, connections),
-                        name="source", probe_key=probe_key(mapper.src_prefix),
-                        tls=daemon.src_tls)
     ha = None if daemon.ha_ttl is None else HaSettings(ttl=daemon.ha_ttl)
     # --ha: every write to the destination checks the lease first.
     lease = None if ha is None else Lease(IndexStore.lock_key_for(mapper), ha)
-    destination = EtcdClient(dst, reactor, make_pool(reactor), name="destination",
-                             probe_key=IndexStore.probe_key_for(mapper), tls=daemon.dst_tls,
-                             fence=lease)
-    store = IndexStore(destination, mapper, exclusive=ha is not None)
+    source, destination = _clients(reactor, src, dst, mapper, daemon, lease)
+    replica, store = sides.replica_and_checkpoint(
+        daemon.dst_api, destination, mapper, daemon.write_pipeline, exclusive=ha is not None)
+    # A v2 replica renews TTLs refreshed on a v2 source without events.
+    keeper: Any = NoKeeper
+    if (daemon.src_api, daemon.dst_api) == ("v2", "v2"):
+        keeper = partial(TtlKeeper, source, destination, mapper, reactor, metrics=metrics)
     controller = ReplicationController(
-        partial(V2SourceReader, source, mapper.src_prefix, reactor, daemon.watch),
-        V2ReplicaWriter(destination, mapper, daemon.write_pipeline), store,
-        mapper, status, metrics, reactor, options, transient=is_transient,
-        make_keeper=partial(TtlKeeper, source, destination, mapper, reactor, metrics=metrics))
+        partial(sides.source_reader, daemon.src_api, source, mapper.src_prefix, reactor,
+                daemon.watch),
+        replica, store, mapper, status, metrics, reactor, options,
+        transient=sides.is_transient, make_keeper=keeper)
     try:
         listening = reactor.listenTCP(port, make_site(status, registry, reactor),
                                       interface=daemon.listen_address)
@@ -152,6 +151,26 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     return exit_code[0] if exit_code else EXIT_OK
 
 
+def _clients(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
+             daemon: DaemonOptions, lease: Optional[Lease]) -> Tuple[Any, Any]:
+    """The source's and the destination's clients, for their APIs."""
+    # Every watch in flight holds a connection, and so does each of the TTL
+    # keeper's reads; keep them all persistent.
+    connections = daemon.watch.connections_needed + TTL_CONCURRENCY + SIDE_JOB_CONNECTIONS
+    if daemon.src_api == "v3":
+        source: Any = sides.v3_client(src, reactor, "source", daemon.src_tls,
+                                      make_pool(reactor, 1 + SIDE_JOB_CONNECTIONS))
+    else:
+        source = EtcdClient(src, reactor, make_pool(reactor, connections), name="source",
+                            probe_key=probe_key(mapper.src_prefix), tls=daemon.src_tls)
+    if daemon.dst_api == "v3":
+        return source, sides.v3_client(dst, reactor, "destination", daemon.dst_tls,
+                                       make_pool(reactor))
+    return source, EtcdClient(dst, reactor, make_pool(reactor), name="destination",
+                              probe_key=IndexStore.probe_key_for(mapper), tls=daemon.dst_tls,
+                              fence=lease)
+
+
 def _follow_role(side_jobs: List[Tuple[Callable[[], None], Callable[[], None]]],
                  role: Role) -> None:
     """--ha: the jobs that write or compare run on the active mirror only."""
@@ -166,7 +185,7 @@ def _start_systemd_reporter(reactor: Any, status: MirrorStatus) -> None:
     reactor.addSystemEventTrigger("before", "shutdown", systemd.stop)
 
 
-def _side_jobs(reactor: Any, source: EtcdClient, controller: ReplicationController,
+def _side_jobs(reactor: Any, source: Any, controller: ReplicationController,
                status: MirrorStatus, options: Options, daemon: DaemonOptions
                ) -> List[Tuple[Callable[[], None], Callable[[], None]]]:
     """Freshness, the opt-in heartbeat and the periodic verify: (start, stop) each."""
@@ -179,8 +198,8 @@ def _side_jobs(reactor: Any, source: EtcdClient, controller: ReplicationControll
                                on_fresh=fresh)
     jobs = [(tracker.start, tracker.stop)]
     if options.heartbeat_key:
-        heartbeat = Heartbeat(source, options.heartbeat_key, reactor,
-                              daemon.heartbeat_interval)
+        keys = sides.TextKeys(source) if daemon.src_api == "v3" else source
+        heartbeat = Heartbeat(keys, options.heartbeat_key, reactor, daemon.heartbeat_interval)
         jobs.append((heartbeat.start, heartbeat.stop))
 
     if daemon.verify_interval > 0:

@@ -19,6 +19,17 @@ from etcdmirror.loopoptions import Options
 log = logging.getLogger("etcdmirror.controller")
 
 
+def history_lost_reason(error: Exception, index: int, options: Options) -> str:
+    """The source's history no longer holds ``index`` (v2: a cleared index; v3: a
+    compacted revision): the reason to resync for, or MirrorFatal (``--no-auto-resync``)."""
+    message = (f"The current replication index {index} is not available anymore "
+               f"in the etcd source cluster ({error}).")
+    if not options.auto_resync:
+        raise MirrorFatal(message + " Restart the process with --reload.")
+    log.warning("%s Resynchronising from a snapshot.", message)
+    return getattr(error, "resync_reason", "index_cleared")
+
+
 def resync_reason(error: Exception, event: Event, index: int, options: Options) -> str:
     """Why to resync after ``event`` could not be applied (``error``), or MirrorFatal.
 

@@ -29,9 +29,14 @@ _LIMIT = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<percent>%?)")
 
 
 def check_not_a_loop(source_id: Optional[str], destination_id: Optional[str],
-                     mapper: KeyMapper) -> None:
-    """Same cluster on both sides and overlapping prefixes: we would feed ourselves."""
-    if source_id and source_id == destination_id and mapper.overlaps(mapper.src_prefix):
+                     mapper: KeyMapper, same_keyspace: bool = True) -> None:
+    """Same cluster on both sides and overlapping prefixes: we would feed ourselves.
+
+    ``same_keyspace`` is False when the two sides are different APIs of one
+    cluster (v2 -> v3): etcd keeps their keys apart, so nothing loops.
+    """
+    if (same_keyspace and source_id and source_id == destination_id
+            and mapper.overlaps(mapper.src_prefix)):
         raise MirrorFatal(
             f"Source and destination are the same etcd cluster ({source_id}) and the "
             f"destination image {mapper.dst_root} overlaps the source prefix "

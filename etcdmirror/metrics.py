@@ -26,7 +26,8 @@ from etcdmirror.status import MirrorStatus, Role, State
 NAMESPACE = "etcdmirror"
 
 #: Why a resync ran (``etcdmirror_resyncs_total{reason}``).
-RESYNC_REASONS = ("reload", "index_cleared", "divergence", "interrupted", "ttl_expired")
+RESYNC_REASONS = ("reload", "index_cleared", "compacted", "divergence", "interrupted",
+                  "ttl_expired")
 #: Which cluster a retried request went to (``etcdmirror_retries_total{side}``).
 SIDES = ("source", "destination")
 #: Error kinds shown from the start (``etcdmirror_errors_total{kind}``); others

@@ -164,6 +164,15 @@ def count_deletions(plan: Plan, source: Dict[str, NodeState],
                         if not node.dir and not mapper.ignored(key)))
 
 
+def as_held(replica: ReplicaWriter, snapshot: Snapshot) -> Snapshot:
+    """The source's ``snapshot`` as ``replica`` can hold it (an etcd v3 replica of a
+    v2 source: no directories), so that only real differences are compared."""
+    held = getattr(replica, "as_held", None)
+    if held is None:
+        return snapshot
+    return Snapshot(held(snapshot.nodes), snapshot.etcd_index, snapshot.cluster_id)
+
+
 #: How a resync runs each request: ``retry(what, side, operation)``.  The
 #: controller passes its retrying wrapper, so that one transient error costs
 #: one request again, not the whole resync from a new snapshot.
@@ -186,8 +195,8 @@ def resync(source: SourceReader, replica: ReplicaWriter, mapper: KeyMapper,
     no limit), or, with ``refuse_empty_source``, when the source has no key
     while the replica would lose some.
     """
-    src = yield retry(f"resync: reading the source under {mapper.src_prefix!r}", "source",
-                      source.snapshot)
+    src = as_held(replica, (yield retry(f"resync: reading the source under "
+                                        f"{mapper.src_prefix!r}", "source", source.snapshot)))
     dst = yield retry(f"resync: reading the destination under {mapper.dst_root!r}",
                       "destination", replica.snapshot)
     plan = make_plan(src.nodes, dst.nodes, mapper)

@@ -32,6 +32,8 @@ class SourceReader(Protocol):
 
     #: The cluster, for messages (never with credentials).
     display: str
+    #: The etcd API read: "v2" or "v3" (their keyspaces are separate).
+    api: str
     #: How many connections reading the source may hold at once.
     connections_needed: int
 
@@ -64,6 +66,8 @@ class ReplicaWriter(Protocol):
     """Where events go: the image of the prefix on the destination cluster."""
 
     display: str
+    #: The etcd API written: "v2" or "v3".
+    api: str
     #: How many events may be on their way at once: :meth:`apply` lands them
     #: in the order called (the controller treats a writer without it as 1).
     in_flight: int
@@ -83,6 +87,10 @@ class ReplicaWriter(Protocol):
     def snapshot(self) -> defer.Deferred:
         """Fires with a :class:`~etcdmirror.resync.Snapshot` of the replica's image."""
 
+    def as_held(self, nodes: Dict[str, Any]) -> Dict[str, Any]:
+        """The source snapshot's nodes as this replica can hold them (v3: no
+        directories), for a resync's plan and verify; optional."""
+
     def write_plan(self, plan: Any, retry: Any, log_writes: bool = True) -> defer.Deferred:
         """Carry out a resync's :class:`~etcdmirror.resync.Plan`; fires with None.
 
@@ -96,6 +104,9 @@ class Checkpoint(Protocol):
 
     #: The index key's name, for messages.
     key: str
+    #: True when the replica writer moves the index with each event, in the
+    #: same transaction (etcd v3): no replay horizon, no batches; optional.
+    atomic: bool
 
     def claim(self) -> defer.Deferred:
         """Make the record this mirror's alone (``--ha``): a mirror that wrote it

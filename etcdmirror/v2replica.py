@@ -38,6 +38,8 @@ RESYNC_CONCURRENCY = 8
 class V2ReplicaWriter:
     """Writes the image of the source prefix under the destination prefix."""
 
+    api = "v2"
+
     def __init__(self, client: EtcdClient, mapper: KeyMapper,
                  pipeline: int = PIPELINE_DEPTH) -> None:
         self.client = client

@@ -43,6 +43,8 @@ def read_snapshot(client: EtcdClient, key: str, quorum: bool = True):
 class V2SourceReader:
     """Reads one prefix of an etcd v2 cluster: snapshots, ordered events, progress."""
 
+    api = "v2"
+
     def __init__(self, client: EtcdClient, prefix: str, clock: IReactorTime,
                  settings: Optional[WatchSettings] = None,
                  on_source_index: Optional[Callable[[int], None]] = None,

@@ -49,10 +49,14 @@ class V3IndexStore:
     @defer.inlineCallbacks
     def write_index(self, index: int):
         """Progress with no change, or the end of a resync: moves the checkpoint
-        through the writer, never backwards; fires with None."""
+        through the writer, compared like every change; fires with None.
+
+        After a ``--reload`` from another source the index may go down: the
+        checkpoint is then the new source's, exactly.
+        """
         if self.writer.applied is None:
             yield self.writer.load()  # a reload starts without reading it
-        if self.writer.applied is None or index > self.writer.applied:
+        if index != self.writer.applied:
             yield self.writer.move_checkpoint(index)
 
     def read_horizon(self) -> defer.Deferred:

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 class V3ReplicaWriter:
     """Applies source changes to a v3 destination, each with the checkpoint."""
 
+    api = "v3"
+
     #: One change at a time: each transaction compares the checkpoint the one
     #: before it wrote.
     in_flight = 1
@@ -69,6 +71,12 @@ class V3ReplicaWriter:
     def snapshot(self) -> defer.Deferred:
         """Fires with the image of the source prefix on the destination, at one revision."""
         return read_snapshot(self.client, *keys_below(raw(self.mapper.dst_root)))
+
+    def as_held(self, nodes: Dict[str, NodeState]) -> Dict[str, NodeState]:
+        """The source's nodes as a v3 replica holds them: keys only (a v2 directory
+        exists through the keys under it), without TTLs (leases are not compared)."""
+        return {key: NodeState(False, node.value) for key, node in nodes.items()
+                if not node.dir}
 
     @defer.inlineCallbacks
     def write_plan(self, plan: Plan, retry: Retry = no_retry, log_writes: bool = True):

@@ -56,6 +56,7 @@ class Delivery:
 class V3SourceReader:
     """Reads one prefix of an etcd v3 source, revision by revision."""
 
+    api = "v3"
     connections_needed = 1
 
     def __init__(self, client: V3Client, prefix: str, clock: IReactorTime,

@@ -48,6 +48,9 @@ class V3Compacted(V3Error, etcd.EtcdEventIndexCleared):
     snapshot as it does when a v2 source cleared the index it needed.
     """
 
+    #: ``etcdmirror_resyncs_total{reason}`` of the resync it leads to.
+    resync_reason = "compacted"
+
     def __init__(self, message: str, compact_revision: int = 0) -> None:
         super().__init__(message, OUT_OF_RANGE)
         self.compact_revision = compact_revision
@@ -107,8 +110,14 @@ class Header:
     @classmethod
     def parse(cls, data: Optional[Dict[str, Any]]) -> "Header":
         data = data or {}
-        return cls(str(data.get("cluster_id", "")), str(data.get("member_id", "")),
+        return cls(_hex_id(data.get("cluster_id")), _hex_id(data.get("member_id")),
                    number(data.get("revision")), number(data.get("raft_term")))
+
+
+def _hex_id(value: Any) -> str:
+    """A cluster or member id as etcd v2 shows it (``X-Etcd-Cluster-Id``: hex), so one
+    cluster has one identity whichever API the mirror reads it through."""
+    return format(number(value), "x") if value not in (None, "") else ""
 
 
 @dataclass(frozen=True)

@@ -19,21 +19,19 @@ automatic resync carry it out (:func:`etcdmirror.guards.check_deletes`).
 import bisect
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from etcdmirror.client import EtcdClient
+from etcdmirror import sides
 from etcdmirror.endpoints import Cluster
 from etcdmirror.guards import (
     DEFAULT_MAX_RESYNC_DELETES, DeleteLimit, ResyncRefused, check_deletes, n_keys)
 from etcdmirror.keys import KeyMapper
 from etcdmirror.periodic import Periodic
-from etcdmirror.resync import NodeState, Snapshot, count_deletions, make_plan
+from etcdmirror.resync import NodeState, Snapshot, as_held, count_deletions, make_plan
 from etcdmirror.roles import ReplicaWriter, SourceReader
-from etcdmirror.v2replica import V2ReplicaWriter
-from etcdmirror.v2source import V2SourceReader
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +122,7 @@ def plan_lines(src: Snapshot, dst: Snapshot, mapper: KeyMapper,
 @defer.inlineCallbacks
 def read_both(source: SourceReader, replica: ReplicaWriter):
     """Fires with the source's snapshot and then the replica's (quorum reads)."""
-    src = yield source.snapshot()
+    src = as_held(replica, (yield source.snapshot()))
     dst = yield replica.snapshot()
     return src, dst
 
@@ -168,7 +166,7 @@ class PeriodicVerifier:
     @defer.inlineCallbacks
     def round(self):
         """One comparison; reports and fires with the differences, or None if skipped."""
-        first = yield self.source.snapshot()
+        first = as_held(self.replica, (yield self.source.snapshot()))
         deadline = self.clock.seconds() + self.catch_up_timeout
         while self.applied_index() < first.etcd_index:
             if self.clock.seconds() >= deadline:
@@ -177,7 +175,7 @@ class PeriodicVerifier:
                 return None
             yield task.deferLater(self.clock, 0.1, lambda: None)
         dst = yield self.replica.snapshot()
-        second = yield self.source.snapshot()
+        second = as_held(self.replica, (yield self.source.snapshot()))
         found = [d for d in differences(first.nodes, dst.nodes, self.mapper)
                  if self._stable(d, first.nodes, second.nodes)]
         self.report(found)
@@ -196,18 +194,21 @@ class PeriodicVerifier:
 def verify_command(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
                    src_tls: Any, dst_tls: Any, echo: Callable[[str], None],
                    echo_error: Callable[[str], None], plan: bool = False,
-                   limit: DeleteLimit = DEFAULT_MAX_RESYNC_DELETES) -> defer.Deferred:
+                   limit: DeleteLimit = DEFAULT_MAX_RESYNC_DELETES,
+                   apis: Tuple[str, str] = ("v2", "v2")) -> defer.Deferred:
     """The body of ``etcd-mirror-verify``: print every difference (``plan``: the
-    resync's plan, judged with ``limit``).
+    resync's plan, judged with ``limit``); ``apis``: the source's and the
+    destination's etcd API.
 
     Exits as ``diff`` does: the Deferred fires with None when the trees are
     identical, or the plan empty (exit 0), and fails with :class:`SystemExit`
     otherwise (``task.react`` exits with it): 1 different, 2 the trees could
     not be compared.
     """
-    source = V2SourceReader(EtcdClient(src, reactor, name="source", tls=src_tls),
-                            mapper.src_prefix, reactor)
-    replica = V2ReplicaWriter(EtcdClient(dst, reactor, name="destination", tls=dst_tls), mapper)
+    source = sides.source_reader(apis[0], sides.client_for(apis[0], src, reactor, "source",
+                                                           src_tls), mapper.src_prefix, reactor)
+    replica, _ = sides.replica_and_checkpoint(
+        apis[1], sides.client_for(apis[1], dst, reactor, "destination", dst_tls), mapper)
 
     def report(found: List[Difference]) -> None:
         for difference in found:
