@@ -24,7 +24,6 @@ from etcdmirror.ha import HaSupervisor
 from etcdmirror.halock import HaLock, HaSettings, Lease, holder_name
 from etcdmirror.indexstore import IndexStore
 from etcdmirror.keys import KeyMapper, probe_key
-from etcdmirror.roles import NoKeeper
 from etcdmirror.metrics import Metrics
 from etcdmirror.sdnotify import Notifier, SystemdReporter
 from etcdmirror.status import MirrorStatus, Role
@@ -87,12 +86,16 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     # --ha: every write to the destination checks the lease first.
     lease = None if ha is None else Lease(IndexStore.lock_key_for(mapper), ha)
     source, destination = _clients(reactor, src, dst, mapper, daemon, lease)
+    # What keeps replica keys alive while the source's live, without events:
+    # a v2 replica's TTLs (TtlKeeper), a v3 replica's leases (LeaseKeeper).
+    keeper: Any = partial(TtlKeeper, source, destination, mapper, reactor, metrics=metrics)
+    leases = None
+    if daemon.dst_api == "v3":
+        leases = sides.lease_keeper(daemon.src_api, source, destination, mapper, reactor)
+        keeper = partial(_the, leases)
     replica, store = sides.replica_and_checkpoint(
-        daemon.dst_api, destination, mapper, daemon.write_pipeline, exclusive=ha is not None)
-    # A v2 replica renews TTLs refreshed on a v2 source without events.
-    keeper: Any = NoKeeper
-    if (daemon.src_api, daemon.dst_api) == ("v2", "v2"):
-        keeper = partial(TtlKeeper, source, destination, mapper, reactor, metrics=metrics)
+        daemon.dst_api, destination, mapper, daemon.write_pipeline, exclusive=ha is not None,
+        leases=leases)
     controller = ReplicationController(
         partial(sides.source_reader, daemon.src_api, source, mapper.src_prefix, reactor,
                 daemon.watch),
@@ -169,6 +172,11 @@ def _clients(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
     return source, EtcdClient(dst, reactor, make_pool(reactor), name="destination",
                               probe_key=IndexStore.probe_key_for(mapper), tls=daemon.dst_tls,
                               fence=lease)
+
+
+def _the(keeper: Any, **hooks: Any) -> Any:
+    """``make_keeper`` for a keeper built beforehand (the controller's hooks unused)."""
+    return keeper
 
 
 def _follow_role(side_jobs: List[Tuple[Callable[[], None], Callable[[], None]]],

@@ -40,6 +40,8 @@ class NodeState:
     dir: bool
     value: Optional[str] = None
     ttl: Optional[int] = None
+    #: etcd v3: the key's lease (0: none); its TTL is :attr:`ttl`.
+    lease: int = 0
 
 
 @dataclass

@@ -25,6 +25,7 @@ from etcdmirror.v2replica import V2ReplicaWriter
 from etcdmirror.v2source import V2SourceReader
 from etcdmirror.v3client import V3Client
 from etcdmirror.v3indexstore import V3IndexStore
+from etcdmirror.v3leases import LeaseKeeper, V2Lifetimes, V3Lifetimes
 from etcdmirror.v3mapping import raw, text
 from etcdmirror.v3replica import V3ReplicaWriter
 from etcdmirror.v3source import V3SourceReader
@@ -65,14 +66,22 @@ def source_reader(api: str, client: Any, prefix: str, reactor: Any, watch: Any =
 
 
 def replica_and_checkpoint(api: str, client: Any, mapper: KeyMapper, pipeline: int = 1,
-                           exclusive: bool = False) -> Tuple[Any, Any]:
+                           exclusive: bool = False, leases: Any = None) -> Tuple[Any, Any]:
     """The :class:`~etcdmirror.roles.ReplicaWriter` and the
-    :class:`~etcdmirror.roles.Checkpoint` on the destination ``client``."""
+    :class:`~etcdmirror.roles.Checkpoint` on the destination ``client``
+    (``leases``: a v3 replica's :class:`~etcdmirror.v3leases.LeaseKeeper`)."""
     if api == "v3":
-        writer = V3ReplicaWriter(client, mapper)
+        writer = V3ReplicaWriter(client, mapper, leases)
         return writer, V3IndexStore(writer, mapper)
     return (V2ReplicaWriter(client, mapper, pipeline),
             IndexStore(client, mapper, exclusive=exclusive))
+
+
+def lease_keeper(src_api: str, source: Any, destination: V3Client, mapper: KeyMapper,
+                 reactor: Any) -> LeaseKeeper:
+    """The keeper of a v3 replica's leases, following ``source``'s leases or TTLs."""
+    lifetimes = V3Lifetimes(source) if src_api == "v3" else V2Lifetimes(source)
+    return LeaseKeeper(destination, lifetimes, mapper, reactor)
 
 
 def client_for(api: str, cluster: Cluster, reactor: Any, name: str, tls: Any = None) -> Any:

@@ -54,9 +54,12 @@ class V3ReplicaWriter:
     #: before it wrote.
     in_flight = 1
 
-    def __init__(self, client: V3Client, mapper: KeyMapper) -> None:
+    def __init__(self, client: V3Client, mapper: KeyMapper, leases: Any = None) -> None:
+        """``leases``: the :class:`~etcdmirror.v3leases.LeaseKeeper` that gives leased
+        keys their destination lease (None: keys are written without leases)."""
         self.client = client
         self.mapper = mapper
+        self.leases = leases
         self.display = client.cluster.display
         self.checkpoint_key = raw(mapper.index_key)
         #: The revision the checkpoint holds (None: none yet); :meth:`load` reads it.
@@ -74,9 +77,8 @@ class V3ReplicaWriter:
 
     def as_held(self, nodes: Dict[str, NodeState]) -> Dict[str, NodeState]:
         """The source's nodes as a v3 replica holds them: keys only (a v2 directory
-        exists through the keys under it), without TTLs (leases are not compared)."""
-        return {key: NodeState(False, node.value) for key, node in nodes.items()
-                if not node.dir}
+        exists through the keys under it); a TTL becomes a lease's."""
+        return {key: node for key, node in nodes.items() if not node.dir}
 
     @defer.inlineCallbacks
     def write_plan(self, plan: Plan, retry: Retry = no_retry, log_writes: bool = True):
@@ -89,8 +91,10 @@ class V3ReplicaWriter:
 
     @defer.inlineCallbacks
     def _write(self, key: str, node: NodeState, retry: Retry, log_writes: bool):
+        lease = yield retry(f"resync: a lease for {key!r}", "destination",
+                            lambda: self._lease(raw(key), node.lease, node.ttl))
         yield retry(f"resync: writing {key!r}", "destination",
-                    lambda: self.client.put(raw(key), raw(node.value or "")))
+                    lambda: self.client.put(raw(key), raw(node.value or ""), lease))
         if log_writes:
             log.info("resync: wrote %s", key)
 
@@ -134,12 +138,25 @@ class V3ReplicaWriter:
                    else v2_changes(event, self.mapper))
         return self._apply(event, changes, event.modifiedIndex)
 
+    def _lease(self, key: bytes, source_lease: int, ttl: Optional[int]) -> defer.Deferred:
+        """Fires with the destination lease for a key with a source lease or a TTL, or 0."""
+        if self.leases is not None and source_lease:
+            return self.leases.for_source_lease(source_lease)
+        if self.leases is not None and ttl:
+            return self.leases.for_ttl(key, ttl)
+        return defer.succeed(0)
+
     @defer.inlineCallbacks
     def _apply(self, event: Any, changes: List[Change], revision: int):
         dropped = False
+        leases = {}
+        for change in changes:
+            if change.value is not None:
+                leases[change.key] = yield self._lease(change.key, change.source_lease,
+                                                       change.ttl)
         for _ in range(2):
             result = yield self.client.txn(
-                **transaction(changes, self.checkpoint_key, self.applied, revision))
+                **transaction(changes, self.checkpoint_key, self.applied, revision, leases))
             if result.succeeded:
                 self.applied = revision
                 if changes:

@@ -223,19 +223,28 @@ def read_snapshot(client: V3Client, key: bytes, range_end: bytes):
     request; fires with a :class:`Snapshot`.
 
     Keys and values are text (UTF-8, any other byte kept as it is); a key with
-    a lease carries no TTL yet (leases are not mirrored yet).
+    a lease carries it and the lease's remaining TTL (asked once per lease).
     """
     nodes: Dict[str, NodeState] = {}
     revision, cluster_id, start = 0, "", key
+    leased: Dict[str, Any] = {}
     while True:
         page = yield client.range(start, range_end, revision=revision, limit=SNAPSHOT_PAGE)
         revision = revision or page.header.revision
         cluster_id = cluster_id or page.header.cluster_id
         for kv in page.kvs:
             nodes[text(kv.key)] = NodeState(False, text(kv.value))
+            if kv.lease:
+                leased[text(kv.key)] = kv.lease
         if not page.more or not page.kvs:
-            return Snapshot(nodes, revision, cluster_id)
+            break
         start = page.kvs[-1].key + b"\0"
+    ttls: Dict[int, int] = {}
+    for name, lease in leased.items():
+        if lease not in ttls:
+            ttls[lease] = (yield client.lease_time_to_live(lease))[0]
+        nodes[name] = NodeState(False, nodes[name].value, max(ttls[lease], 0), lease)
+    return Snapshot(nodes, revision, cluster_id)
 
 
 def _by_revision(events: List[WatchEvent]) -> List[Revision]:
