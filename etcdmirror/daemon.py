@@ -174,8 +174,9 @@ def _clients(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
                               fence=lease)
 
 
-def _the(keeper: Any, **hooks: Any) -> Any:
-    """``make_keeper`` for a keeper built beforehand (the controller's hooks unused)."""
+def _the(keeper: Any, *, applied_index: Any, on_dir_expired: Any, **hooks: Any) -> Any:
+    """``make_keeper`` for a v3 replica's lease keeper, built beforehand."""
+    keeper.bind(applied_index, on_dir_expired)
     return keeper
 
 

@@ -23,8 +23,9 @@ never assumed to mean the same on both clusters.
 """
 
 import logging
-from typing import Any, Dict, Hashable, Optional
+from typing import Any, Callable, Dict, Hashable, Optional
 
+import etcd
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -47,10 +48,10 @@ class V3Lifetimes:
         return self.source.lease_time_to_live(lease).addCallback(lambda found: found[0])
 
     @defer.inlineCallbacks
-    def of_key(self, key: str):
-        """Fires with the lease of source key ``key``, or None."""
-        found = yield self.source.range(raw(key))
-        return found.kvs[0].lease if found.kvs and found.kvs[0].lease else None
+    def leased(self, prefix: str):
+        """Fires with ``{key: (lease, create_revision)}`` for the leased keys under ``prefix``."""
+        found = yield self.source.range(*keys_below(raw(prefix)), keys_only=True)
+        return {text(kv.key): (kv.lease, kv.create_revision) for kv in found.kvs if kv.lease}
 
 
 class V2Lifetimes:
@@ -65,9 +66,14 @@ class V2Lifetimes:
             lambda node: (node.ttl or 0) if node is not None else 0)
 
     @defer.inlineCallbacks
-    def of_key(self, key: str):
-        """Fires with ``key`` when it has a TTL on the source, or None."""
-        return key if (yield self.remaining(key)) > 0 else None
+    def leased(self, prefix: str):
+        """Fires with ``{key: (key, createdIndex)}`` for the TTL'd keys under ``prefix``."""
+        try:
+            answer = yield self.source.get(prefix, recursive=True, quorum=True)
+        except etcd.EtcdKeyNotFound:
+            return {}
+        return {node.key: (node.key, node.createdIndex) for node in answer.result.leaves
+                if not node.dir and node.ttl}
 
 
 class _Lease:
@@ -92,6 +98,14 @@ class LeaseKeeper:
         self.leases: Dict[Hashable, _Lease] = {}
         self._running = False
         self.renewals = 0
+        self._applied_index: Callable[[], int] = lambda: 0
+        self._on_expired: Callable[[str], None] = lambda key: None
+
+    def bind(self, applied_index: Callable[[], int], on_expired: Callable[[str], None]) -> None:
+        """The controller's hooks: its applied index, and ``on_expired(key)``, which
+        asks for a resync (a replica key that ran out while the mirror was away)."""
+        self._applied_index = applied_index
+        self._on_expired = on_expired
 
     # -- what the replica writer asks ------------------------------------------
 
@@ -125,20 +139,35 @@ class LeaseKeeper:
 
     @defer.inlineCallbacks
     def load(self):
-        """After a restart: pair the replica's leased keys with their source lifetimes.
-        Fires with how many destination leases are kept alive."""
-        start, end = keys_below(raw(self.mapper.dst_root))
-        found = yield self.destination.range(start, end, keys_only=True)
-        for kv in found.kvs:
-            followed = {lease.id for lease in self.leases.values()}
-            if (not kv.lease or kv.lease in followed
-                    or self.mapper.ignored(self.mapper.to_src(text(kv.key)))):
-                continue
-            lifetime = yield self.source.of_key(self.mapper.to_src(text(kv.key)))
-            if lifetime is not None and lifetime not in self.leases:
-                remaining, granted, _ = yield self.destination.lease_time_to_live(kv.lease)
+        """At a start: pair the replica's leased keys with their source lifetimes.
+
+        A source key with a limited life that existed at the checkpoint already
+        (created at or before it: a key deleted and made again is created anew)
+        must be on the replica; one that is not ran out there while no mirror
+        renewed its lease (stopped longer than the TTL): that asks for a resync.  Fires with
+        how many destination leases are kept alive.
+        """
+        checkpoint = self._applied_index()
+        leased = yield self.source.leased(self.mapper.src_prefix)
+        found = yield self.destination.range(*keys_below(raw(self.mapper.dst_root)),
+                                             keys_only=True)
+        replica = {text(kv.key): kv.lease for kv in found.kvs}
+        expired = []
+        for key, (lifetime, created) in sorted(leased.items()):
+            if self.mapper.ignored(key) or created > checkpoint:
+                continue  # its event is still to come
+            lease = replica.get(self.mapper.to_dst(key))
+            if lease is None:
+                expired.append(key)
+            elif lease and lifetime not in self.leases:
+                remaining, granted, _ = yield self.destination.lease_time_to_live(lease)
                 if remaining > 0:
-                    self._follow(lifetime, _Lease(kv.lease, granted), check_in=0)
+                    self._follow(lifetime, _Lease(lease, granted), check_in=0)
+        if expired:
+            log.warning("%d keys with a lease or TTL on the source ran out on the replica "
+                        "while no mirror renewed them (first: %s); resynchronising",
+                        len(expired), expired[0])
+            self._on_expired(expired[0])
         return len(self.leases)
 
     def start(self) -> None:
