@@ -41,10 +41,10 @@ Keys are bytes in v3; a v3 key is mapped through the prefixes as text
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from etcdmirror.events import DELETE_ACTIONS, Event
-from etcdmirror.keys import KeyMapper
+from etcdmirror.keys import INDEX_ROOT, KeyMapper
 from etcdmirror.v3wire import (
     WatchEvent, compare_value, compare_version, keys_below, request_delete,
     request_put, request_range)
@@ -142,6 +142,20 @@ def _utf8(value: Optional[str]) -> Optional[bytes]:
     return value.encode("utf-8") if value is not None else None
 
 
+def ranges_below(path: bytes) -> List[Tuple[bytes, bytes]]:
+    """The key ranges under ``path`` without the replication keys.
+
+    Only the root covers them (a v2 delete of the source prefix itself with
+    ``--strip`` into ``--dst-prefix /``): deleting the checkpoint in the
+    transaction that writes it would be refused by etcd, and would lose it.
+    """
+    start, end = keys_below(path)
+    index_start, index_end = keys_below(raw(INDEX_ROOT))
+    if start <= index_start and (end == b"\0" or index_end <= end):
+        return [(start, index_start), (index_end, end)]
+    return [(start, end)]
+
+
 def transaction(changes: List[Change], checkpoint_key: bytes, applied: Optional[int],
                 revision: int, leases: Optional[Dict[bytes, int]] = None) -> Dict[str, Any]:
     """The body of the transaction that applies ``changes`` and moves the checkpoint
@@ -164,6 +178,6 @@ def transaction(changes: List[Change], checkpoint_key: bytes, applied: Optional[
         else:
             success.append(request_delete(change.key))
             if change.below:
-                success.append(request_delete(*keys_below(change.key)))
+                success.extend(request_delete(*r) for r in ranges_below(change.key))
     success.append(request_put(checkpoint_key, str(revision).encode("ascii")))
     return {"compare": compare, "success": success, "failure": failure}

@@ -5,7 +5,7 @@ test_v3client.py."""
 import re
 
 from etcdmirror.keys import KeyMapper
-from etcdmirror.v3mapping import Change, transaction, v2_changes, v3_changes
+from etcdmirror.v3mapping import Change, ranges_below, transaction, v2_changes, v3_changes
 from etcdmirror.v3wire import KeyValue, WatchEvent, b64
 from tests.fakes import v2_event as v2
 
@@ -65,3 +65,16 @@ def test_the_first_transaction_finds_no_checkpoint():
     body = transaction([], b"/__replication/r", None, 7)
     assert body["compare"] == [{"key": b64(b"/__replication/r"), "result": "EQUAL",
                                 "target": "VERSION", "version": "0"}]
+
+
+def test_a_v2_delete_of_the_root_spares_the_replication_keys():
+    """``--strip --dst-prefix /`` and the source prefix deleted: everything but the
+    checkpoint, which the same transaction writes (etcd refuses a txn whose delete
+    range covers one of its puts)."""
+    assert ranges_below(b"/") == [(b"\0", b"/__replication/"), (b"/__replication0", b"\0")]
+    assert ranges_below(b"/r/d") == [(b"/r/d/", b"/r/d0")]
+    mapper = KeyMapper("/app", "/", strip=True)
+    [change] = v2_changes(v2("delete", "/app", is_dir=True), mapper)
+    body = transaction([change], b"/__replication/", 3, 4)
+    assert {"request_delete_range": {"key": b64(b"\0"), "range_end": b64(b"/__replication/")}} \
+        in body["success"]
