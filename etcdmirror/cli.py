@@ -213,12 +213,14 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
 @click.option("--src-prefix", default="/", show_default=True, callback=prefix_callback,
               help="The mirror's --src-prefix (with --heartbeat-key).")
 @click.option("--strip", is_flag=True, help="The mirror's --strip (with --heartbeat-key).")
+@click.option("--dst-api", type=click.Choice(["v2", "v3"]), default="v2", show_default=True,
+              help="The mirror's --dst-api: the keyspace its replica is in.")
 @side_options("dst")
 @click.version_option(__version__, "--version", message="%(version)s")
 @click.argument("dst", metavar="DST", callback=cluster_callback)
 def freshness_main(warning: Optional[float], critical: float, dst_prefix: str,
-                   heartbeat_key: Optional[str], src_prefix: str, strip: bool, dst: Cluster,
-                   **sides: Any) -> None:
+                   heartbeat_key: Optional[str], src_prefix: str, strip: bool, dst_api: str,
+                   dst: Cluster, **sides: Any) -> None:
     """How old is the replica? Reads only the destination; prints the age in seconds.
 
     A Nagios/NRPE check, and for scripts that act on the replica's
@@ -235,7 +237,7 @@ def freshness_main(warning: Optional[float], critical: float, dst_prefix: str,
     from twisted.internet import task
     from etcdmirror.freshness import check_freshness
     task.react(check_freshness, (dst, mapper, heartbeat_key, warning, critical, dst_tls,
-                                 click.echo))
+                                 click.echo, dst_api))
 
 
 def _wait_timeout(ctx: click.Context, param: click.Parameter, value: float) -> float:

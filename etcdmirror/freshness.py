@@ -27,9 +27,8 @@ from typing import Any, Callable, Optional
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
-from etcdmirror.client import EtcdClient
+from etcdmirror import sides
 from etcdmirror.endpoints import Cluster
-from etcdmirror.indexstore import IndexStore
 from etcdmirror.roles import Checkpoint, SourceReader
 from etcdmirror.status import parse_heartbeat
 from etcdmirror.keys import KeyMapper
@@ -60,8 +59,10 @@ class FreshAsOf:
 class Heartbeat:
     """Writes the current time to a source key every ``interval`` seconds."""
 
-    def __init__(self, source: EtcdClient, key: str, clock: IReactorTime,
+    def __init__(self, source: Any, key: str, clock: IReactorTime,
                  interval: float, wall: Callable[[], float] = time.time) -> None:
+        """``source``: what writes a text key there (``put(key, value)``): an
+        ``EtcdClient``, or :class:`etcdmirror.sides.TextKeys` for a v3 source."""
         self.source = source
         self.key = key
         self.clock = clock
@@ -152,7 +153,8 @@ OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 
 def check_freshness(reactor: Any, dst: Cluster, mapper: KeyMapper,
                     heartbeat_key: Optional[str], warning: float, critical: float,
-                    dst_tls: Any, echo: Callable[[str], None]) -> defer.Deferred:
+                    dst_tls: Any, echo: Callable[[str], None],
+                    dst_api: str = "v2") -> defer.Deferred:
     """The body of ``etcd-mirror-freshness``: one status line, a Nagios exit status.
 
     Reads the freshness the mirror publishes (or the replica of its
@@ -160,8 +162,8 @@ def check_freshness(reactor: Any, dst: Cluster, mapper: KeyMapper,
     :class:`SystemExit` (``task.react`` exits with it): 0 OK, 1 WARNING,
     2 CRITICAL or 3 UNKNOWN.
     """
-    destination = EtcdClient(dst, reactor, name="destination", tls=dst_tls)
-    store = IndexStore(destination, mapper)
+    destination = sides.client_for(dst_api, dst, reactor, "destination", dst_tls)
+    _, store = sides.replica_and_checkpoint(dst_api, destination, mapper)
     key = mapper.to_dst(heartbeat_key) if heartbeat_key else store.fresh_as_of_key
 
     def report(value: Optional[str]) -> None:
@@ -187,7 +189,9 @@ def check_freshness(reactor: Any, dst: Cluster, mapper: KeyMapper,
         echo(f"UNKNOWN: {failure.getErrorMessage()}")
         raise SystemExit(UNKNOWN)
 
-    if heartbeat_key:
+    if heartbeat_key and dst_api == "v3":
+        d = sides.TextKeys(destination).get_value(key)
+    elif heartbeat_key:
         d = destination.get_or_none(key)
         d.addCallback(lambda node: node.value if node is not None else None)
     else:

@@ -10,7 +10,7 @@ The checkpoint is written by the changes' own transactions
 (:class:`~etcdmirror.v3replica.V3ReplicaWriter`), so this store is *atomic*:
 there is no replay horizon (reading it gives None, writing it does nothing),
 and writing the index (progress on a quiet prefix) goes through the writer,
-compared like every change.  Part of issue 15: not wired into the daemon yet.
+compared like every change.
 """
 
 from typing import Optional

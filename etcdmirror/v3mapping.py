@@ -32,7 +32,7 @@ The v2 → v3 mapping (the migration path off etcd v2):
   the application's v3 keyspace, which readers (confd, pybal) would list as
   data;
 * a v2 TTL becomes a v3 lease: the change carries the TTL (:attr:`Change.ttl`)
-  and the writer attaches the key to a lease it grants (not built yet);
+  and the writer attaches the key to a lease (:mod:`etcdmirror.v3leases`);
 * compareAndSwap and compareAndDelete compare the previous value, as every
   other change does.
 

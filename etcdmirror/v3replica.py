@@ -22,8 +22,8 @@ A resync's plan (:mod:`etcdmirror.resync`) is written
 key then every delete: v3 has no directories to write first (a v2
 directory in the plan writes nothing; deleting one deletes what is below it).
 
-Part of issue 15: leases are not mirrored yet, and the controller does not
-use this writer yet.
+A key with a source lease or a v2 TTL is written with a destination lease
+(:mod:`etcdmirror.v3leases`).
 """
 
 import logging

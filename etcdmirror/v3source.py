@@ -23,7 +23,7 @@ under the prefix happened up to R: a :class:`~etcdmirror.events.WatchProgress`.
 A start revision that was compacted away fails :meth:`next` with
 :class:`~etcdmirror.v3wire.V3Compacted`, which is an
 ``etcd.EtcdEventIndexCleared``: the controller resyncs as it does for a
-cleared v2 index.  Part of issue 15: the daemon does not use it yet.
+cleared v2 index, counted as ``reason="compacted"``.
 """
 
 from collections import deque

@@ -35,6 +35,9 @@
 # @param watch_stream          false: --no-watch-stream (a proxy that buffers answers).
 # @param write_pipeline        --write-pipeline (passed when not the default 32; 1: one
 #   event write at a time).
+# @param src_api               --src-api: 'v2' or 'v3' (passed when not 'v2').
+# @param dst_api               --dst-api: 'v2' or 'v3' (passed when not 'v2').  The
+#   modes are v2 -> v2, v3 -> v3 and v2 -> v3; $ha needs a v2 destination.
 # @param reload                --reload at every start: a hitless resync each
 #   time the service (re)starts.  Needed once for a new replica.
 # @param ha                    --ha: active/standby.  Declare the same instance
@@ -80,6 +83,8 @@ define etcdmirror::instance (
   Integer[1, 256]        $watch_concurrency     = 16,
   Boolean                $watch_stream          = true,
   Integer[1, 256]        $write_pipeline        = 32,
+  Enum['v2', 'v3']       $src_api               = 'v2',
+  Enum['v2', 'v3']       $dst_api               = 'v2',
   Boolean                $reload                = false,
   Boolean                $ha                    = false,
   Optional[Integer[2, 3600]] $ha_ttl            = undef,
@@ -107,6 +112,12 @@ define etcdmirror::instance (
     if $value =~ String and $value =~ /[\n\r\u0000]/ {
       fail("etcdmirror::instance[${title}]: values must not contain newlines or NUL")
     }
+  }
+  if $src_api == 'v3' and $dst_api == 'v2' {
+    fail("etcdmirror::instance[${title}]: a v3 source cannot be mirrored into a v2 destination")
+  }
+  if $ha and $dst_api == 'v3' {
+    fail("etcdmirror::instance[${title}]: ha needs dst_api => 'v2'")
   }
   if $ha_ttl =~ Integer and !$ha {
     fail("etcdmirror::instance[${title}]: ha_ttl only means something with ha => true")

@@ -180,7 +180,7 @@ SAMPLES = {
         "src_ignore_keys_regex": NASTY_REGEX, "ignore_keys_regex": NASTY_REGEX,
         "enable": False, "auto_resync": False, "strip": False, "port": 8002,
         "on_divergence": "resync", "reload": True, "max_replica_age": 2.5,
-        "watch_stream": False, "write_pipeline": 1,
+        "watch_stream": False, "write_pipeline": 1, "dst_api": "v3",
         "dst_credentials": "user:p@ss w'rd\"$x\\y"},
 }
 
@@ -229,6 +229,8 @@ def expected(p):
     args += ["--watch-concurrency", str(p["watch_concurrency"])]
     args += [] if p["watch_stream"] else ["--no-watch-stream"]
     args += ["--write-pipeline", str(p["write_pipeline"])] if p["write_pipeline"] != 32 else []
+    args += ["--src-api", p["src_api"]] if p["src_api"] != "v2" else []
+    args += ["--dst-api", p["dst_api"]] if p["dst_api"] != "v2" else []
     args += ["--reload"] if p["reload"] else []
     args += ["--ha"] if p["ha"] else []
     args += ["--ha-ttl", str(p["ha_ttl"])] if p["ha_ttl"] is not None else []
