@@ -36,6 +36,11 @@ The v2 → v3 mapping (the migration path off etcd v2):
 * compareAndSwap and compareAndDelete compare the previous value, as every
   other change does.
 
+etcd v2 hides ``/__replication`` (where the checkpoint keys live) from every
+recursive read and watch; v3 hides nothing, so a v3 source's keys under it
+(another mirror's checkpoint, on a source mirrored from or into) are never
+replicated.
+
 Keys are bytes in v3; a v3 key is mapped through the prefixes as text
 (UTF-8, with any byte that is not UTF-8 kept as it is), so any key survives.
 """
@@ -44,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from etcdmirror.events import DELETE_ACTIONS, Event
-from etcdmirror.keys import INDEX_ROOT, KeyMapper
+from etcdmirror.keys import INDEX_ROOT, KeyMapper, is_under
 from etcdmirror.v3wire import (
     WatchEvent, compare_value, compare_version, keys_below, request_delete,
     request_put, request_range)
@@ -107,11 +112,12 @@ class Revision:
 
 
 def v3_changes(events: List[WatchEvent], mapper: KeyMapper) -> List[Change]:
-    """The destination changes for one source revision's events (ignored keys left out)."""
+    """The destination changes for one source revision's events (ignored keys, and
+    replication keys of another mirror, left out)."""
     changes = []
     for event in events:
         key = text(event.kv.key)
-        if mapper.ignored(key):
+        if mapper.ignored(key) or is_under(key, INDEX_ROOT):
             continue
         before = event.prev_kv.value if event.prev_kv is not None else None
         value = None if event.type == "DELETE" else event.kv.value

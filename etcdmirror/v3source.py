@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from etcdmirror.events import WatchProgress
+from etcdmirror.keys import INDEX_ROOT, is_under
 from etcdmirror.resync import NodeState, Snapshot
 from etcdmirror.v3client import V3Client, V3Watch
 from etcdmirror.v3mapping import Revision, raw, text
@@ -86,8 +87,9 @@ class V3SourceReader:
         return WatchProgress(found.header.revision, found.header.cluster_id)
 
     def snapshot(self) -> defer.Deferred:
-        """Every key under the prefix at one revision; fires with a Snapshot."""
-        return read_snapshot(self.client, self.key, self.range_end)
+        """Every key under the prefix at one revision, but replication keys (as v2
+        hides them: :mod:`etcdmirror.v3mapping`); fires with a Snapshot."""
+        return read_snapshot(self.client, self.key, self.range_end).addCallback(_unhidden)
 
     def follow(self, index: int) -> None:
         """Hand out revisions from ``index`` on."""
@@ -245,6 +247,12 @@ def read_snapshot(client: V3Client, key: bytes, range_end: bytes):
             ttls[lease] = (yield client.lease_time_to_live(lease))[0]
         nodes[name] = NodeState(False, nodes[name].value, max(ttls[lease], 0), lease)
     return Snapshot(nodes, revision, cluster_id)
+
+
+def _unhidden(snapshot: Snapshot) -> Snapshot:
+    snapshot.nodes = {key: node for key, node in snapshot.nodes.items()
+                      if not is_under(key, INDEX_ROOT)}
+    return snapshot
 
 
 def _by_revision(events: List[WatchEvent]) -> List[Revision]:

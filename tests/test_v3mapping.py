@@ -78,3 +78,12 @@ def test_a_v2_delete_of_the_root_spares_the_replication_keys():
     body = transaction([change], b"/__replication/", 3, 4)
     assert {"request_delete_range": {"key": b64(b"\0"), "range_end": b64(b"/__replication/")}} \
         in body["success"]
+
+
+def test_replication_keys_on_a_v3_source_are_never_replicated():
+    """v2 hides /__replication from recursive watches; v3 does not, so the mapping does."""
+    everything = KeyMapper("/", "/replica")
+    events = [WatchEvent("PUT", KeyValue(b"/__replication/replica", b"7")),
+              WatchEvent("PUT", KeyValue(b"/__replication/replica.fresh-as-of", b"{}")),
+              WatchEvent("PUT", KeyValue(b"/app", b"a"))]
+    assert v3_changes(events, everything) == [Change(b"/replica/app", b"a", None)]
