@@ -282,6 +282,7 @@ def wait_main(index: int, timeout: float, host: str, port: int) -> None:
                epilog=URL_HELP + " " + SWITCHOVER_EPILOG)
 @click.option("-d", "--debug", is_flag=True, help="Show debug output.")
 @mapping_options
+@api_options
 @switchover_options
 @click.version_option(__version__, "--version", message="%(version)s")
 @cluster_arguments
@@ -295,6 +296,12 @@ def switchover_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, 
     prints the next steps.
     """
     sides = {k: options.pop(k) for k in list(options) if k.startswith(("src_", "dst_"))}
+    check_mode(sides["src_api"], sides["dst_api"])
+    if sides["src_api"] != sides["dst_api"]:
+        raise click.BadParameter(
+            f"a switchover reverses the mirror, and {sides['dst_api']} -> {sides['src_api']} "
+            "is not a mode: a v2 -> v3 migration is finished by moving the readers and "
+            "writers to v3, then stopping the mirror", param_hint="'--src-api'/'--dst-api'")
     src, src_tls = resolve_side(src, "src", dict(sides))
     dst, dst_tls = resolve_side(dst, "dst", dict(sides))
     setup_logging(debug, level=logging.WARNING)

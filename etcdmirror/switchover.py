@@ -40,22 +40,25 @@ under ``/__replication``, a hidden etcd directory: no recursive read or
 watch, of ``/`` either, ever sees them, so neither mirror copies them.
 """
 
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional
 
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from etcdmirror import guards
+from etcdmirror import guards, sides as apis
 from etcdmirror.client import EtcdClient
 from etcdmirror.endpoints import Cluster
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.events import Event, WatchProgress
 from etcdmirror.indexstore import IndexStore
-from etcdmirror.keys import KeyMapper, probe_key
+from etcdmirror.keys import INDEX_ROOT, KeyMapper, is_under, probe_key
+from etcdmirror.roles import Checkpoint, ReplicaWriter, SourceReader
 from etcdmirror.switchplan import (
     REFUSED, UNUSABLE, Refused, Settings, next_steps, reverse_mapper)
 from etcdmirror.resync import Snapshot
-from etcdmirror.v2source import read_snapshot
+from etcdmirror.v2source import V2SourceReader
+from etcdmirror.v3mapping import text
 from etcdmirror.verify import differences
 
 #: How often the barrier reads the mirror's index on B (seconds).
@@ -104,6 +107,86 @@ class QuietWatch:
         return self.done
 
 
+class V3QuietWatch:
+    """:class:`QuietWatch` on an etcd v3 A (``--src-api v3``): a source reader's
+    watch from ``index``, ended at the first revision that changes a mirrored key."""
+
+    def __init__(self, reader: Any, mapper: KeyMapper, index: int) -> None:
+        self.reader, self.mapper = reader, mapper
+        self.seen: Any = None
+        self.error: Optional[Exception] = None
+        self.ignored = 0
+        self._next: Optional[defer.Deferred] = None
+        reader.follow(index)
+        self.done = self._follow()
+
+    @defer.inlineCallbacks
+    def _follow(self):
+        try:
+            while True:
+                self._next = self.reader.next()
+                outcome = yield self._next
+                if isinstance(outcome, WatchProgress):
+                    continue  # quiet proven up to a revision: go on watching
+                keys = [text(e.kv.key) for e in outcome.event.events]
+                if all(self.mapper.ignored(k) or is_under(k, INDEX_ROOT) for k in keys):
+                    self.ignored += 1
+                    continue
+                self.seen = outcome.event
+                return
+        except defer.CancelledError:
+            return  # stopped
+        except Exception as e:  # reported by the caller, with the step it broke
+            self.error = e
+
+    def stop(self) -> defer.Deferred:
+        """Finish the watch; fires with :attr:`done`'s None."""
+        if not self.done.called and self._next is not None:
+            self._next.cancel()
+        self.reader.close()
+        return self.done
+
+
+@dataclass
+class Sides:
+    """What the switchover reads and writes, through the mirror's APIs."""
+
+    #: A's prefix, as the A->B mirror reads it (``position``, ``snapshot``).
+    a: SourceReader
+    #: B's image, as the B->A mirror will read it (``position``).
+    b: SourceReader
+    #: B's image, as the A->B mirror writes it (``snapshot``).
+    b_image: ReplicaWriter
+    #: The A->B mirror's keys on B, and the B->A mirror's on A.
+    forward: Checkpoint
+    reverse: Checkpoint
+    #: ``quiet(index)``: a :class:`QuietWatch` on A from ``index``.
+    quiet: Callable[[int], Any]
+
+
+def make_sides(api: str, reactor: Any, src: Cluster, dst: Cluster, forward: KeyMapper,
+               reverse: KeyMapper, src_tls: Any, dst_tls: Any) -> Sides:
+    """The roles of a switchover of a v2 -> v2 or a v3 -> v3 mirror."""
+    if api == "v3":
+        a = apis.v3_client(src, reactor, "A", src_tls)
+        b = apis.v3_client(dst, reactor, "B", dst_tls)
+        b_image, forward_store = apis.replica_and_checkpoint("v3", b, forward)
+        _, reverse_store = apis.replica_and_checkpoint("v3", a, reverse)
+        return Sides(apis.source_reader("v3", a, forward.src_prefix, reactor),
+                     apis.source_reader("v3", b, reverse.src_prefix, reactor), b_image,
+                     forward_store, reverse_store,
+                     lambda index: V3QuietWatch(
+                         apis.source_reader("v3", a, forward.src_prefix, reactor),
+                         forward, index))
+    a = EtcdClient(src, reactor, name="A", tls=src_tls, probe_key=probe_key(forward.src_prefix))
+    b = EtcdClient(dst, reactor, name="B", tls=dst_tls,
+                   probe_key=IndexStore.probe_key_for(forward))
+    b_image, forward_store = apis.replica_and_checkpoint("v2", b, forward)
+    return Sides(V2SourceReader(a, forward.src_prefix, reactor),
+                 V2SourceReader(b, reverse.src_prefix, reactor), b_image, forward_store,
+                 IndexStore(a, reverse), lambda index: QuietWatch(a, forward, index))
+
+
 def _within(clock: IReactorTime, seconds: float, d: defer.Deferred) -> defer.Deferred:
     """Fires with None after ``seconds``, or as soon as ``d`` fires (``d`` keeps its result)."""
     out: defer.Deferred = defer.Deferred()
@@ -122,20 +205,21 @@ def _within(clock: IReactorTime, seconds: float, d: defer.Deferred) -> defer.Def
 class Switchover:
     """One run of the procedure; :meth:`run` fires with None (done) or fails."""
 
-    def __init__(self, reactor: IReactorTime, a: EtcdClient, b: EtcdClient,
-                 forward: KeyMapper, settings: Settings, echo: Callable[[str], None]) -> None:
-        self.reactor, self.a, self.b = reactor, a, b
+    def __init__(self, reactor: IReactorTime, sides: Sides, forward: KeyMapper,
+                 settings: Settings, echo: Callable[[str], None]) -> None:
+        self.reactor, self.sides = reactor, sides
+        self.a, self.b = sides.a, sides.b
         self.forward, self.settings, self.echo = forward, settings, echo
         self.reverse = reverse_mapper(forward)
-        self.a_name = f"A ({a.cluster.display})"
-        self.b_name = f"B ({b.cluster.display})"
+        self.a_name = f"A ({sides.a.display})"
+        self.b_name = f"B ({sides.b.display})"
 
     @defer.inlineCallbacks
     def run(self):
         """Fires with what was (or, dry run, would be) written: (index, B's cluster id)."""
         p = self.forward.src_prefix
-        start = yield self.a.probe(quorum=True)
-        quiet = QuietWatch(self.a, self.forward, start.etcd_index + 1)
+        start = yield self.a.position()
+        quiet = self.sides.quiet(start.etcd_index + 1)
         try:
             yield _within(self.reactor, self.settings.quiet_seconds, quiet.done)
             self._still_quiet(quiet)
@@ -156,7 +240,7 @@ class Switchover:
         yield self._write(index, b_id)
         return index, b_id
 
-    def _still_quiet(self, quiet: QuietWatch) -> None:
+    def _still_quiet(self, quiet: Any) -> None:
         if quiet.error is not None:
             raise quiet.error
         if quiet.seen is not None:
@@ -168,9 +252,9 @@ class Switchover:
                 "writes A too: restart it without), then run this again. Nothing was written.")
 
     @defer.inlineCallbacks
-    def _barrier(self, index: int, a_id: Optional[str], quiet: QuietWatch):
+    def _barrier(self, index: int, a_id: Optional[str], quiet: Any):
         """Fires with the A->B mirror's index on B once it is at or past ``index``."""
-        store = IndexStore(self.b, self.forward)
+        store = self.sides.forward
         recorded = yield store.read_source_id()
         if recorded and a_id and recorded != a_id:
             raise Refused(
@@ -198,8 +282,8 @@ class Switchover:
     @defer.inlineCallbacks
     def _compare(self, a_id: Optional[str]):
         """Fires with B's index at the moment of equality and B's cluster id."""
-        a_tree = yield read_snapshot(self.a, self.forward.src_prefix)
-        b_tree = yield read_snapshot(self.b, self.forward.dst_root)
+        a_tree = yield self.a.snapshot()
+        b_tree = yield self.sides.b_image.snapshot()
         found = differences(a_tree.nodes, b_tree.nodes, self.forward)
         where = (f"{self.a_name}{self.forward.src_prefix} and "
                  f"{self.b_name}{self.forward.dst_root}")
@@ -210,7 +294,7 @@ class Switchover:
                 "A's copy: find who wrote B behind the mirror's back (or let the mirror "
                 "repair it with --reload), check with etcd-mirror-verify, then run this "
                 "again. Nothing was written.")
-        b_id = b_tree.cluster_id or (yield self.b.probe(quorum=True)).cluster_id
+        b_id = b_tree.cluster_id or (yield self.b.position()).cluster_id
         if not b_id:
             raise Refused(f"{self.b_name} sends no X-Etcd-Cluster-Id: the B->A mirror "
                           "could not check its source. Nothing was written.")
@@ -223,7 +307,7 @@ class Switchover:
     def _unchanged(self, before: Snapshot):
         """A read again, after the watch: a write the watch may have missed at
         its very end (etcd sends an event after the headers) shows here."""
-        after = yield read_snapshot(self.a, self.forward.src_prefix)
+        after = yield self.a.snapshot()
 
         def seen(tree: Snapshot) -> Dict[str, Any]:
             return {k: (n.dir, n.value) for k, n in tree.nodes.items()
@@ -239,20 +323,23 @@ class Switchover:
     @defer.inlineCallbacks
     def _check_reverse_keys(self, index: int, b_id: str):
         """What B->A's start-up guards will say of the keys, and what A holds now."""
-        store = IndexStore(self.a, self.reverse)
+        store = self.sides.reverse
         recorded = yield store.read_source_id()
         if recorded and recorded != b_id:
             raise Refused(
                 f"{self.a_name} already holds {store.source_id_key} = {recorded}: a mirror "
                 f"from another cluster than B ({b_id}) writes {self.reverse.dst_prefix} on A. "
                 "Stop it and delete its keys first. Nothing was written.")
-        guards.check_same_source(b_id, b_id, self.b.cluster.display)
-        guards.check_not_rolled_back(index, (yield self.b.probe(quorum=True)).etcd_index)
+        guards.check_same_source(b_id, b_id, self.b.display)
+        guards.check_not_rolled_back(index, (yield self.b.position()).etcd_index)
 
     @defer.inlineCallbacks
     def _write(self, index: int, b_id: str):
-        store = IndexStore(self.a, self.reverse)
-        before = yield self.a.get_or_none(store.key)
+        store = self.sides.reverse
+        try:
+            before = yield store.read_index()
+        except MirrorFatal:
+            before = "absent"
         if not self.settings.dry_run:
             # The index last: cut short before it, B->A refuses to start, and
             # a re-run writes everything again.
@@ -261,9 +348,10 @@ class Switchover:
             yield store.clear_resync_marker()
             yield store.write_index(index)
         verb = "would write" if self.settings.dry_run else "wrote"
-        self.echo(f"4. {verb} on {self.a_name}: {store.key} = {index} (was "
-                  f"{before.value if before is not None else 'absent'}), "
-                  f"{store.source_id_key} = {b_id}, {store.horizon_key} = {index}, no "
+        horizon = getattr(store, "horizon_key", None)
+        self.echo(f"4. {verb} on {self.a_name}: {store.key} = {index} (was {before}), "
+                  f"{store.source_id_key} = {b_id}, "
+                  f"{f'{horizon} = {index}, ' if horizon else ''}no "
                   f"{store.resync_marker_key}: a B->A mirror starts at B's index "
                   f"{index + 1} without --reload")
 
@@ -273,16 +361,19 @@ def switchover_command(reactor: Any, src: Cluster, dst: Cluster, forward: KeyMap
                        sides: Dict[str, Any], echo: Callable[[str], None],
                        echo_error: Callable[[str], None]) -> defer.Deferred:
     """The body of ``etcd-mirror-switchover``; fires with None (exit 0) or fails
-    with :class:`SystemExit` (1 refused, 2 a cluster could not be read)."""
+    with :class:`SystemExit` (1 refused, 2 a cluster could not be read).
+
+    ``sides["src_api"]`` (the same as ``dst_api``: v2 -> v2 or v3 -> v3) says
+    which API the mirror speaks."""
     settings = Settings(**options)
     try:
         reverse = reverse_mapper(forward)
     except Refused as e:
         echo_error(f"refused: {e}")
         return defer.fail(SystemExit(REFUSED))
-    a = EtcdClient(src, reactor, name="A", tls=src_tls, probe_key=probe_key(forward.src_prefix))
-    b = EtcdClient(dst, reactor, name="B", tls=dst_tls, probe_key=IndexStore.probe_key_for(forward))
-    d = Switchover(reactor, a, b, forward, settings, echo).run()
+    roles = make_sides(sides.get("src_api") or "v2", reactor, src, dst, forward, reverse,
+                       src_tls, dst_tls)
+    d = Switchover(reactor, roles, forward, settings, echo).run()
 
     def done(_: Any) -> None:
         for line in next_steps(forward, reverse, src.display, dst.display, sides, settings,

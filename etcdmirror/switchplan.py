@@ -95,6 +95,9 @@ def mirror_args(reverse: KeyMapper, sides: Dict[str, Any]) -> List[str]:
     args = ["--strip", "--src-prefix", reverse.src_prefix, "--dst-prefix", reverse.dst_prefix]
     if reverse.ignore is not None:
         args += ["--src-ignore-keys-regex", reverse.ignore.pattern]
+    src_api, dst_api = sides.get("dst_api") or "v2", sides.get("src_api") or "v2"
+    if (src_api, dst_api) != ("v2", "v2"):
+        args += ["--src-api", src_api, "--dst-api", dst_api]
     for name in ("credentials_file", "ca_file", "cert_file", "key_file"):
         for old, new in (("dst", "src"), ("src", "dst")):
             value = sides.get(f"{old}_{name}")

@@ -197,7 +197,9 @@ class V3SourceReader:
             return None
         now = changed.header.revision
         if now < since:
-            return None
+            # Nothing at all since the last proof: the same progress again, so
+            # that a checkpoint write that was not due then is made now.
+            return (since - 1, changed.header.cluster_id) if since > 1 else None
         after = yield self.client.range(self.key, self.range_end, count_only=True,
                                         revision=now)
         before = 0
@@ -210,7 +212,7 @@ class V3SourceReader:
         if quiet is None or self._next_revision != since or self._watch is None:
             return  # something changed, or the reader moved on meanwhile
         revision, cluster_id = quiet
-        self._next_revision = revision + 1
+        self._next_revision = max(self._next_revision, revision + 1)
         self._deliver(WatchProgress(revision, cluster_id))
 
     def _cancelled(self) -> None:
