@@ -166,11 +166,7 @@ class Transport(EndpointCursor):
         )
 
     def _failed(self, failure: Failure, what: str, timeout: float) -> Failure:
-        tls_problem = _tls_problem(failure.value)
-        if tls_problem is not None:
-            # Retrying cannot fix a certificate: stop with the reason.
-            raise TLSError(f"{what}: TLS failed: {tls_problem}; check the CA file, the "
-                           "certificate and that the URL's host name is in it")
+        check_tls(failure, what)
         self.next_endpoint()
         cause = failure.value
         if was_cancelled(failure):
@@ -178,6 +174,15 @@ class Transport(EndpointCursor):
             # wraps that in ResponseNeverReceived.
             raise EtcdTimeout(f"{what}: no answer within {timeout:g}s", cause=cause)
         raise EtcdUnavailable(f"{what}: {_describe_exception(cause)}", cause=cause)
+
+
+def check_tls(failure: Failure, what: str) -> None:
+    """Raise :class:`TLSError` when ``failure`` is a TLS handshake that failed:
+    retrying cannot fix a certificate, so it is a stop with the reason."""
+    tls_problem = _tls_problem(failure.value)
+    if tls_problem is not None:
+        raise TLSError(f"{what}: TLS failed: {tls_problem}; check the CA file, the "
+                       "certificate and that the URL's host name is in it")
 
 
 def was_cancelled(failure: Failure) -> bool:

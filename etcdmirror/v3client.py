@@ -29,7 +29,7 @@ from twisted.web.client import HTTPConnectionPool
 
 from etcdmirror.bodies import Aborted, BytesBody, Collector, EventLines
 from etcdmirror.endpoints import Cluster, EndpointCursor
-from etcdmirror.transport import make_agent, make_pool, was_cancelled
+from etcdmirror.transport import check_tls, make_agent, make_pool, was_cancelled
 from etcdmirror.v3wire import (
     UNAUTHENTICATED, Header, KeyValue, RangeResult, TxnResult, V3Error, V3Unavailable,
     WatchResponse, b64, decode, error_for, number, unb64, watch_response)
@@ -296,6 +296,7 @@ class V3Client(EndpointCursor):
         next endpoint.  A cancelled request with no timeout was cancelled by its caller."""
         if failure.check(V3Error):
             return failure
+        check_tls(failure, what)
         if was_cancelled(failure):
             if timeout is None:
                 return Failure(defer.CancelledError())

@@ -89,3 +89,26 @@ def test_bad_tls_files_are_usage_errors(pki):
                              pki["ca.pem"], "http://127.0.0.1:1", "http://127.0.0.1:2"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "not https" in result.stderr
+
+
+def test_mutual_tls_on_a_v3_source(pki, etcd_factory, dst, mirror):
+    """The v3 client goes through the same TLS policy: CA, client certificate."""
+    import ssl
+
+    from tests.v3sync import V3
+    tls_src = etcd_factory(name="mtls3", tls=(pki["server.pem"], pki["server.key"]),
+                           client_ca=pki["ca.pem"],
+                           probe_cert=(pki["client.pem"], pki["client.key"]))
+    context = ssl.create_default_context(cafile=pki["ca.pem"])
+    context.load_cert_chain(pki["client.pem"], pki["client.key"])
+    source = V3(tls_src.url, context=context)
+    source.put("/tls3/a", "over TLS")
+    m = mirror(tls_src.url, dst.url, "--reload", "--src-api", "v3", "--dst-api", "v3",
+               "--src-prefix", "/tls3", "--src-ca-file", pki["ca.pem"],
+               "--src-cert-file", pki["client.pem"], "--src-key-file", pki["client.key"])
+    m.wait_index(source.put("/tls3/b", "live"), timeout=20)
+    assert V3(dst.url).tree("/replica/tls3") == {"/replica/tls3/a": "over TLS",
+                                                   "/replica/tls3/b": "live"}
+    without = mirror(tls_src.url, dst.url, "--reload", "--src-api", "v3", "--dst-api", "v3",
+                     "--src-prefix", "/tls3", "--src-ca-file", pki["ca.pem"], healthy=False)
+    assert without.wait_exit(30) == 1

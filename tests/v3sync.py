@@ -26,15 +26,18 @@ def _raw(text: Any) -> bytes:
 class V3:
     """Blocking calls to one etcd member's v3 JSON gateway."""
 
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, context: Any = None) -> None:
+        """``context``: an ``ssl.SSLContext`` for an https:// member."""
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.context = context
 
     def call(self, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+            with urllib.request.urlopen(request, timeout=self.timeout,
+                                        context=self.context) as answer:
                 return json.loads(answer.read() or b"{}")
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"{path}: {e.code} {e.read()[:300]!r}") from None
