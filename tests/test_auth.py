@@ -128,3 +128,34 @@ def test_credentials_in_the_url_as_0_0_12(secured, mirror):
                "--src-prefix", "/conftool")
     wait_for(lambda: dst.get("/replica/conftool/a")[0] == 200)
     assert PASSWORD not in m.log() + m.metrics() + json.dumps(m.status())
+
+
+def test_v3_auth_token_from_credentials_never_shown(etcd_factory, src, mirror,
+                                                    credentials_file):
+    """v3 -> v3 into a destination with v3 auth on: the credentials file's user and
+    password become a token; the password shows nowhere; a wrong one exits 1."""
+    from tests.v3sync import V3
+    secured = etcd_factory(name="v3adst")
+    admin = V3(secured.url)
+    for path, body in [("/v3/auth/role/add", {"name": "root"}),
+                       ("/v3/auth/user/add", {"name": "root", "password": PASSWORD}),
+                       ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
+                       ("/v3/auth/enable", {})]:
+        admin.call(path, body)
+    source = V3(src.url)
+    source.put("/auth3/a", "1")
+    args = ("--src-api", "v3", "--dst-api", "v3", "--src-prefix", "/auth3", "--reload")
+    m = mirror(src.url, secured.url, *args,
+               "--dst-credentials-file", write(credentials_file, f"root:{PASSWORD}\n"))
+    m.wait_index(source.put("/auth3/b", "2"), timeout=20)
+    reader = V3(secured.url).authenticate("root", PASSWORD)
+    assert reader.tree("/replica/auth3") == {"/replica/auth3/a": "1", "/replica/auth3/b": "2"}
+    with open(f"/proc/{m.pid}/cmdline", "rb") as f:
+        cmdline = f.read().decode(errors="replace")
+    emitted = {"log": m.log(), "metrics": m.metrics(), "status": json.dumps(m.status()),
+               "cmdline": cmdline}
+    assert not [name for name, text in emitted.items() if PASSWORD in text]
+    wrong = mirror(src.url, secured.url, *args, healthy=False,
+                   env={"ETCDMIRROR_DST_CREDENTIALS": "root:not-the-password"})
+    assert wrong.wait_exit(30) == 1
+    assert "authentication failed" in wrong.log() and "not-the-password" not in wrong.log()

@@ -31,10 +31,20 @@ class V3:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.context = context
+        self.token: Optional[str] = None
+
+    def authenticate(self, name: str, password: str) -> "V3":
+        """Use a v3 auth token for ``name`` from now on; returns self."""
+        self.token = self.call("/v3/auth/authenticate",
+                               {"name": name, "password": password})["token"]
+        return self
 
     def call(self, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = self.token
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+                                         headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout,
                                         context=self.context) as answer:
