@@ -38,7 +38,8 @@ from etcdmirror.keys import KeyMapper
 from etcdmirror.resync import NodeState, Plan, Retry, no_retry
 from etcdmirror.v2replica import RESYNC_CONCURRENCY
 from etcdmirror.v3client import V3Client
-from etcdmirror.v3mapping import Change, Revision, raw, transaction, v2_changes, v3_changes
+from etcdmirror.v3mapping import (
+    Change, Revision, raw, text, transaction, v2_changes, v3_changes)
 from etcdmirror.v3source import read_snapshot
 from etcdmirror.v3wire import keys_below, unb64
 
@@ -134,9 +135,16 @@ class V3ReplicaWriter:
         The checkpoint moves to the event's ``modifiedIndex``.  ``replaying``
         changes nothing here: the checkpoint says what was applied.
         """
-        changes = (v3_changes(event.events, self.mapper) if isinstance(event, Revision)
-                   else v2_changes(event, self.mapper))
-        return self._apply(event, changes, event.modifiedIndex)
+        if isinstance(event, Revision):
+            changes = v3_changes(event.events, self.mapper)
+            keys = [text(e.kv.key) for e in event.events]
+        else:
+            changes, keys = v2_changes(event, self.mapper), [event.key]
+        # Nothing to write is "ignored by regex" only when the regex said so; a v2
+        # directory write, say, is applied: it exists through its keys.
+        ignored = bool(keys) and all(self.mapper.ignored(key) for key in keys)
+        return self._apply(event, changes, event.modifiedIndex,
+                           Outcome.IGNORED if ignored else Outcome.APPLIED)
 
     def _lease(self, key: bytes, source_lease: int, ttl: Optional[int]) -> defer.Deferred:
         """Fires with the destination lease for a key with a source lease or a TTL, or 0."""
@@ -147,7 +155,7 @@ class V3ReplicaWriter:
         return defer.succeed(0)
 
     @defer.inlineCallbacks
-    def _apply(self, event: Any, changes: List[Change], revision: int):
+    def _apply(self, event: Any, changes: List[Change], revision: int, nothing: Outcome):
         dropped = False
         leases = {}
         for change in changes:
@@ -161,7 +169,7 @@ class V3ReplicaWriter:
                 self.applied = revision
                 if changes:
                     return Outcome.APPLIED
-                return Outcome.REPLAYED if dropped else Outcome.IGNORED
+                return Outcome.REPLAYED if dropped else nothing
             reads = [_found(r) for r in result.responses]
             checkpoint = int(reads[0]) if reads[0] is not None else None
             if checkpoint == revision:

@@ -234,14 +234,9 @@ def test_reload_of_a_v2_tree_into_an_empty_v3_prefix(src, dst, mirror):
     assert_clean(m)
 
 
-# -- a reporting bug found while writing these tests ------------------------------------
+# -- a reporting bug found while writing these tests (fixed) -------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mirror bug: V3ReplicaWriter._apply returns Outcome.IGNORED for any change that "
-    "writes nothing, so a v2 directory write into v3 is logged '(set, ignored by regex)' "
-    "and counted in etcdmirror_ignored_events_total ('Events matching "
-    "--src-ignore-keys-regex') although no regex was given"))
 def test_a_v2_directory_write_is_not_reported_as_ignored_by_regex(src, dst, mirror):
     area = Area.new()
     d = V3(dst.url)
