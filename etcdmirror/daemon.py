@@ -6,7 +6,7 @@ command line (:mod:`etcdmirror.cli`) only parses and validates.
 
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -96,6 +96,12 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
     replica, store = sides.replica_and_checkpoint(
         daemon.dst_api, destination, mapper, daemon.write_pipeline, exclusive=ha is not None,
         leases=leases)
+    if daemon.src_api == "v3":
+        # A v3 source proves quiet at most once per idle period: each proof is
+        # written as it comes, not held back for the batch interval.
+        options = replace(options, batch=replace(
+            options.batch, progress_persist_interval=min(
+                options.batch.progress_persist_interval, daemon.watch.idle_timeout)))
     controller = ReplicationController(
         partial(sides.source_reader, daemon.src_api, source, mapper.src_prefix, reactor,
                 daemon.watch),

@@ -27,7 +27,7 @@ def test_switch_a_v3_mirror_over_without_a_reload(src, dst, mirror):
     a_to_b = mirror(src.url, dst.url, "--reload", "--watch-idle-timeout", "0.5",
                     *V3_ARGS, *mapping)
     wait_for(lambda: b.tree(prefix) == a.tree(prefix), message="B caught up")
-    for i in range(600):                  # A moves outside the prefix: a far progress
+    for i in range(5):                    # A moves outside the prefix: proven quiet
         a.put("/elsewhere", str(i))
 
     result = run_command("switchover_main", *FAST, *V3_ARGS, *mapping, src.url, dst.url,
