@@ -169,11 +169,28 @@ def test_reload_writes_the_differences_and_deletes_stale_keys(src, dst, mirror):
 # -- 2. live changes of every kind ---------------------------------------------------------
 
 
-def random_change(s: V3, area: Area, rng: random.Random, n: int) -> Optional[int]:
-    """One random change under the area (put, delete, delete-range, txn); the revision
-    of the answer (a delete of nothing makes no revision: the current one)."""
+def random_change(s: V3, area: Area, rng: random.Random, n: int,
+                  leases: Optional[List[int]] = None) -> Optional[int]:
+    """One random change under the area (put, delete, delete-range, txn; with
+    ``leases``, also a lease granted and attached to keys, or revoked; the others
+    run out by themselves); the revision of the answer (a delete of nothing makes
+    no revision: the current one)."""
     keys = [area.key(f"d{i}/k{j}") for i in range(3) for j in range(6)]
-    kind = rng.choices(["put", "delete", "range", "txn"], [6, 2, 0.7, 2])[0]
+    kinds, weights = ["put", "delete", "range", "txn"], [6, 2, 0.7, 2]
+    if leases is not None:
+        kinds, weights = kinds + ["lease", "revoke"], weights + [1, 0.5]
+    kind = rng.choices(kinds, weights)[0]
+    if kind == "lease":
+        lease = s.grant(rng.randint(1, 3))           # never kept alive: it expires
+        leases.append(lease)
+        return max(s.put(k, f"l{n}", lease=lease) for k in rng.sample(keys, rng.randint(1, 3)))
+    if kind == "revoke":
+        if leases:
+            try:
+                s.revoke(leases.pop(rng.randrange(len(leases))))
+            except RuntimeError:
+                pass                                  # it ran out first
+        return s.revision()
     if kind == "put":
         return s.put(rng.choice(keys), f"v{n}-{rng.randrange(100)}")
     if kind == "delete":
@@ -183,6 +200,16 @@ def random_change(s: V3, area: Area, rng: random.Random, n: int) -> Optional[int
     chosen = rng.sample(keys, rng.randint(2, 6))
     cut = rng.randint(1, len(chosen))
     return s.txn(puts=[(k, f"t{n}") for k in chosen[:cut]], deletes=chosen[cut:])
+
+
+def revoke_all(s: V3, leases: List[int]) -> None:
+    """No lease left to run out later: the source revision stays where it is."""
+    for lease in leases:
+        try:
+            s.revoke(lease)
+        except RuntimeError:
+            pass                                      # it ran out already
+    leases.clear()
 
 
 def test_live_changes_of_every_kind(src, dst, mirror):
@@ -198,8 +225,10 @@ def test_live_changes_of_every_kind(src, dst, mirror):
     s.delete(area.key("d0"), prefix=True)
     s.txn(puts=[(area.key("d2/k0"), "x"), (area.key("d2/k1"), "y")],
           deletes=[area.key("d1/k0")])
+    leases: List[int] = []
     for n in range(150):
-        random_change(s, area, rng, n)
+        random_change(s, area, rng, n, leases)
+    revoke_all(s, leases)
     wait_converged(s, d, area, s.revision(), m)
 
     # One source transaction of N keys is one destination change: one event.
@@ -252,7 +281,7 @@ def test_restart_resumes_at_the_checkpoint_without_losing_updates(src, dst, mirr
 
 
 class Writer(threading.Thread):
-    """Random changes (put, delete, delete-range, txn) on the source until stopped."""
+    """Random changes (put, delete, delete-range, txn, leases) on the source until stopped."""
 
     def __init__(self, url: str, area: Area, seed: int) -> None:
         super().__init__(daemon=True, name="v3-writer")
@@ -260,13 +289,14 @@ class Writer(threading.Thread):
         self.area = area
         self.rng = random.Random(seed)
         self.ops = 0
+        self.leases: List[int] = []
         self.error: Optional[BaseException] = None
         self.done = threading.Event()
 
     def run(self) -> None:
         try:
             while not self.done.is_set():
-                random_change(self.s, self.area, self.rng, self.ops)
+                random_change(self.s, self.area, self.rng, self.ops, self.leases)
                 self.ops += 1
                 # A little slack for the two cores the mirror and two etcds share.
                 self.done.wait(0.003)
@@ -315,6 +345,7 @@ def test_kill_9_repeatedly_while_writing_loses_nothing(src, dst, mirror):
     finally:
         writer.stop()
     assert writer.error is None, f"writer failed: {writer.error!r} (seed {seed})"
+    revoke_all(s, writer.leases)
     marker = s.put(area.key("marker"), "last")
     assert marker == s.revision()
     wait_converged(s, d, area, marker, m, timeout=30)
