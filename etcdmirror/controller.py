@@ -120,7 +120,8 @@ class ReplicationController:
         self.pipeline = EventPipeline(
             lambda event, replaying: self.replica.apply(event, replaying=replaying),
             self.gate, getattr(self.replica, "in_flight", 1), self._finished,
-            on_stalled=self._wake_from_source)
+            on_stalled=self._wake_from_source,
+            keyed=not getattr(self.replica, "chained", False))
         self.status.pipeline_info = self.pipeline.describe
 
     # -- lifecycle -----------------------------------------------------------

@@ -71,11 +71,15 @@ class EventPipeline:
 
     def __init__(self, apply: Callable[[Event, bool], defer.Deferred], gate: WriteGate,
                  depth: int, on_finished: Callable[[Event, Outcome, float], None],
-                 on_stalled: Callable[[], None] = lambda: None) -> None:
+                 on_stalled: Callable[[], None] = lambda: None, keyed: bool = True) -> None:
         """``apply(event, replaying)`` sends one event, in order with the ones before;
         ``on_finished(event, outcome, started)`` is called for each event in
-        source order; ``on_stalled()`` once an event failed."""
+        source order; ``on_stalled()`` once an event failed.  ``keyed=False``: the
+        replica needs no two events on different keys (its writes are chained:
+        each lands only after the one before, and its verdict is read in the
+        same transaction), so events on one key may be in flight together."""
         self._apply = apply
+        self.keyed = keyed
         self.gate = gate
         self.depth = depth
         self._on_finished = on_finished
@@ -105,6 +109,8 @@ class EventPipeline:
             return True
         if self._failed or len(queue) >= self.depth or self.gate.contended:
             return False
+        if not self.keyed:
+            return True
         key = event.key or "/"
         return not any(overlaps(item.event.key or "/", key) for item in queue)
 

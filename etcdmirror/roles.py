@@ -71,6 +71,9 @@ class ReplicaWriter(Protocol):
     #: How many events may be on their way at once: :meth:`apply` lands them
     #: in the order called (the controller treats a writer without it as 1).
     in_flight: int
+    #: True when each event lands only after the one before (its verdict read
+    #: at that point): events on one key may then be in flight together; optional.
+    chained: bool
 
     def position(self) -> defer.Deferred:
         """Fires with the destination's position (its own index and identity)."""

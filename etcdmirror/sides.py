@@ -71,7 +71,7 @@ def replica_and_checkpoint(api: str, client: Any, mapper: KeyMapper, pipeline: i
     :class:`~etcdmirror.roles.Checkpoint` on the destination ``client``
     (``leases``: a v3 replica's :class:`~etcdmirror.v3leases.LeaseKeeper`)."""
     if api == "v3":
-        writer = V3ReplicaWriter(client, mapper, leases)
+        writer = V3ReplicaWriter(client, mapper, leases, pipeline)
         return writer, V3IndexStore(writer, mapper)
     return (V2ReplicaWriter(client, mapper, pipeline),
             IndexStore(client, mapper, exclusive=exclusive))

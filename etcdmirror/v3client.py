@@ -16,6 +16,11 @@ credentials file), the client first trades them for a token at
 answers that the token is no longer valid (gRPC code 16, after a restart or
 its TTL), it authenticates again and sends the call once more.  The password
 is sent to that one endpoint only and appears in no message.
+
+An *ordered* transaction to an ``http://`` endpoint goes on the ordered lane
+of :mod:`etcdmirror.writeconn`: pipelined on one connection behind every
+ordered one before it, which etcd's HTTP server (the gateway's too) reads
+and answers one after another, so they apply in the order sent.
 """
 
 import json
@@ -30,6 +35,7 @@ from twisted.web.client import HTTPConnectionPool
 from etcdmirror.bodies import Aborted, BytesBody, Collector, EventLines
 from etcdmirror.endpoints import Cluster, EndpointCursor
 from etcdmirror.transport import check_tls, make_agent, make_pool, was_cancelled
+from etcdmirror.writeconn import WritePool, build_request
 from etcdmirror.v3wire import (
     UNAUTHENTICATED, Header, KeyValue, RangeResult, TxnResult, V3Error, V3Unavailable,
     WatchResponse, b64, decode, error_for, number, unb64, watch_response)
@@ -52,9 +58,16 @@ class V3Client(EndpointCursor):
         self._http = treq.client.HTTPClient(make_agent(reactor, self._pool, timeout, tls))
         #: The v3 auth token (None: none yet, or no credentials).
         self._token: Optional[str] = None
+        self._writes = WritePool(reactor, connect_timeout=timeout)
+
+    @property
+    def pipelines(self) -> bool:
+        """True when ordered transactions are pipelined (every endpoint ``http://``)."""
+        return all(e.scheme == "http" for e in self.cluster.endpoints)
 
     def close(self) -> defer.Deferred:
         """Close the idle connections; fires once they are closed."""
+        self._writes.close()
         return self._pool.closeCachedConnections()
 
     # -- key-value -------------------------------------------------------------
@@ -108,12 +121,15 @@ class V3Client(EndpointCursor):
             [KeyValue.parse(kv) for kv in d.get("prev_kvs", ())]))
 
     def txn(self, compare: List[Dict[str, Any]], success: List[Dict[str, Any]],
-            failure: Optional[List[Dict[str, Any]]] = None) -> defer.Deferred:
+            failure: Optional[List[Dict[str, Any]]] = None,
+            ordered: bool = False) -> defer.Deferred:
         """Fires with a :class:`TxnResult`; build the lists with :mod:`etcdmirror.v3wire`'s
-        ``compare_*`` and ``request_*``.  Everything lands at one revision."""
+        ``compare_*`` and ``request_*``.  Everything lands at one revision.
+        ``ordered``: on the ordered lane (module docstring)."""
         body = {"compare": compare, "success": success, "failure": failure or []}
         return self.call("/v3/kv/txn", body, lambda d: TxnResult(
-            Header.parse(d.get("header")), bool(d.get("succeeded")), d.get("responses", [])))
+            Header.parse(d.get("header")), bool(d.get("succeeded")), d.get("responses", [])),
+            ordered=ordered)
 
     def compact(self, revision: int, physical: bool = False) -> defer.Deferred:
         """Forget the history before ``revision``; fires with the header."""
@@ -213,11 +229,14 @@ class V3Client(EndpointCursor):
     # -- the request path -------------------------------------------------------------
 
     def call(self, path: str, body: Dict[str, Any],
-             parse: Callable[[Dict[str, Any]], Any]) -> defer.Deferred:
+             parse: Callable[[Dict[str, Any]], Any], ordered: bool = False) -> defer.Deferred:
         """POST ``body`` to ``path``; fires with ``parse(answer)`` or fails with a V3Error."""
-        d = self._token_ready()
-        d.addCallback(lambda _: self._call_once(path, body, parse))
-        d.addErrback(self._token_expired, path, body, parse)
+        if self._token is not None or self.cluster.auth is None:
+            d = self._call_once(path, body, parse, ordered)  # sent now: in call order
+        else:
+            d = self._token_ready()
+            d.addCallback(lambda _: self._call_once(path, body, parse, ordered))
+        d.addErrback(self._token_expired, path, body, parse, ordered)
         return d
 
     @defer.inlineCallbacks
@@ -235,28 +254,43 @@ class V3Client(EndpointCursor):
         return self.authenticate()
 
     def _token_expired(self, failure: Failure, path: str, body: Dict[str, Any],
-                       parse: Callable[[Dict[str, Any]], Any]) -> Any:
+                       parse: Callable[[Dict[str, Any]], Any], ordered: bool) -> Any:
         if self.cluster.auth is None or not failure.check(V3Error) or (
                 failure.value.code != UNAUTHENTICATED):
             return failure
+        if ordered:
+            # Sent again by the caller, in order: the next call authenticates.
+            self._token = None
+            raise V3Unavailable(f"{failure.getErrorMessage()}; authenticating again")
         d = self.authenticate()
         d.addCallback(lambda _: self._call_once(path, body, parse))
         return d
 
     def _call_once(self, path: str, body: Dict[str, Any],
-                   parse: Callable[[Dict[str, Any]], Any]) -> defer.Deferred:
-        what, request = self._post(path, body, self.timeout)
+                   parse: Callable[[Dict[str, Any]], Any], ordered: bool = False
+                   ) -> defer.Deferred:
+        what, request = self._post(path, body, self.timeout, ordered)
         return request.addCallback(self._read, what, parse)
 
     def _what(self, path: str) -> str:
         """Names a call in messages: the path and the endpoint, never credentials."""
         return f"{path} on {self.name} {self.endpoint.url}"
 
-    def _post(self, path: str, body: Any, timeout: Optional[float]) -> Tuple[str, defer.Deferred]:
+    def _post(self, path: str, body: Any, timeout: Optional[float],
+              ordered: bool = False) -> Tuple[str, defer.Deferred]:
         """POST ``body`` (a dict sent as JSON, or bytes as they are) to ``path``."""
-        endpoint = self.endpoint
-        what = self._what(path)
+        # An ordered call follows the ones still waiting on the lane's endpoint.
+        endpoint = (ordered and self._writes.lane_endpoint()) or self.endpoint
+        what = f"{path} on {self.name} {endpoint.url}"
         data = body if isinstance(body, bytes) else json.dumps(body).encode("ascii")
+        if ordered and endpoint.scheme == "http" and timeout is not None:
+            lines = b"Content-Type: application/json\r\n"
+            if self._token is not None:
+                lines += b"Authorization: " + self._token.encode("ascii") + b"\r\n"
+            d = self._writes.ordered(endpoint, build_request("POST", endpoint, path, lines, data),
+                                     timeout)
+            d.addErrback(self._unavailable, what, timeout)
+            return what, d
         headers = {b"Content-Type": [b"application/json"]}
         if self._token is not None:
             headers[b"Authorization"] = [self._token.encode("ascii")]

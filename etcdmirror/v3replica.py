@@ -6,16 +6,26 @@ changes and the checkpoint land together, at one revision, or not at all.
 So the destination never needs a replay horizon, and the verdict after a
 failed transaction is read from the transaction's own failure branch:
 
-* the checkpoint holds the change's revision: the change was applied already
-  (its answer was lost; one change is in flight at a time, and a restart
-  starts after the checkpoint) - :attr:`Outcome.REPLAYED`;
-* the checkpoint is neither that nor the revision applied before: another
-  writer moved it - :class:`Divergence`;
+* the checkpoint holds the change's revision, or a later one this writer
+  sent: the change was applied already (its answer was lost) -
+  :attr:`Outcome.REPLAYED`;
+* the checkpoint holds a revision between the last one applied and this
+  change's: a change sent before it did not land (yet), so this one could
+  not either - sent again in order (a transient error);
+* the checkpoint is anything else: another writer moved it - :class:`Divergence`;
 * a key that did not hold what the source had before the change, but
   already holds what the change leaves behind (a lease that ran out on the
   destination first), is dropped from the change and the rest is sent again;
 * any other key that differs is :class:`Divergence`, naming the key, what
   was expected and what was found.
+
+Several changes may be in flight at once (``--write-pipeline``, to an
+``http://`` destination): they are pipelined on one connection
+(:mod:`etcdmirror.v3client`, ordered), and each compares the checkpoint
+with the revision of the change sent just before it, so etcd applies them
+only in that order, or not at all: a change whose predecessor failed fails
+too, and is sent again once the failure is settled
+(:mod:`etcdmirror.pipeline`).
 
 A resync's plan (:mod:`etcdmirror.resync`) is written
 :data:`~etcdmirror.v2replica.RESYNC_CONCURRENCY` requests at a time, every
@@ -41,7 +51,7 @@ from etcdmirror.v3client import V3Client
 from etcdmirror.v3mapping import (
     Change, Revision, raw, text, transaction, v2_changes, v3_changes)
 from etcdmirror.v3source import read_snapshot
-from etcdmirror.v3wire import keys_below, unb64
+from etcdmirror.v3wire import V3Unavailable, keys_below, unb64
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +61,23 @@ class V3ReplicaWriter:
 
     api = "v3"
 
-    #: One change at a time: each transaction compares the checkpoint the one
-    #: before it wrote.
-    in_flight = 1
+    #: Each change compares the checkpoint the one before it leaves, and reads its
+    #: verdict in its own transaction: changes on one key may be in flight together.
+    chained = True
 
-    def __init__(self, client: V3Client, mapper: KeyMapper, leases: Any = None) -> None:
+    def __init__(self, client: V3Client, mapper: KeyMapper, leases: Any = None,
+                 pipeline: int = 1) -> None:
         """``leases``: the :class:`~etcdmirror.v3leases.LeaseKeeper` that gives leased
-        keys their destination lease (None: keys are written without leases)."""
+        keys their destination lease (None: keys are written without leases);
+        ``pipeline``: changes in flight at once to an ``http://`` destination."""
         self.client = client
         self.mapper = mapper
         self.leases = leases
+        self.in_flight = pipeline if client.pipelines else 1
+        #: The revision the last change sent moves the checkpoint to (None: after a
+        #: failure, the next one follows :attr:`applied`), and the highest sent.
+        self._tail: Optional[int] = None
+        self._sent_max = 0
         self.display = client.cluster.display
         self.checkpoint_key = raw(mapper.index_key)
         #: The revision the checkpoint holds (None: none yet); :meth:`load` reads it.
@@ -113,12 +130,17 @@ class V3ReplicaWriter:
         """Read the checkpoint; fires with the revision it holds, or None."""
         found = yield self.client.range(self.checkpoint_key)
         self.applied = int(found.kvs[0].value) if found.kvs else None
+        self._tail, self._sent_max = None, 0
         return self.applied
 
     @defer.inlineCallbacks
     def move_checkpoint(self, revision: int):
         """Move the checkpoint to ``revision`` with no change (progress on a quiet
-        prefix), compared like every change; fires with None, or Divergence."""
+        prefix), compared like every change; fires with None, or Divergence.
+
+        Only between changes: every change sent before is answered by then.
+        """
+        self._tail, self._sent_max = None, 0
         result = yield self.client.txn(**transaction([], self.checkpoint_key, self.applied,
                                                      revision))
         if not result.succeeded:
@@ -154,8 +176,27 @@ class V3ReplicaWriter:
             return self.leases.for_ttl(key, ttl)
         return defer.succeed(0)
 
+    def _chain(self, revision: int) -> Optional[int]:
+        """What the checkpoint holds just before ``revision`` lands: the revision of
+        the change sent before it, or (nothing sent since) the one applied."""
+        before = self._tail if self._tail is not None else self.applied
+        self._tail = revision
+        self._sent_max = max(self._sent_max, revision)
+        return before
+
     @defer.inlineCallbacks
     def _apply(self, event: Any, changes: List[Change], revision: int, nothing: Outcome):
+        before = self._chain(revision)  # now, in the order of the calls
+        try:
+            outcome = yield self._send(event, changes, revision, before, nothing)
+        except Exception:
+            self._tail = None  # whatever was sent after it cannot land: start again
+            raise
+        return outcome
+
+    @defer.inlineCallbacks
+    def _send(self, event: Any, changes: List[Change], revision: int, before: Optional[int],
+              nothing: Outcome):
         dropped = False
         leases = {}
         for change in changes:
@@ -164,7 +205,8 @@ class V3ReplicaWriter:
                                                        change.ttl)
         for _ in range(2):
             result = yield self.client.txn(
-                **transaction(changes, self.checkpoint_key, self.applied, revision, leases))
+                **transaction(changes, self.checkpoint_key, before, revision, leases),
+                ordered=True)
             if result.succeeded:
                 self.applied = revision
                 if changes:
@@ -172,18 +214,32 @@ class V3ReplicaWriter:
                 return Outcome.REPLAYED if dropped else nothing
             reads = [_found(r) for r in result.responses]
             checkpoint = int(reads[0]) if reads[0] is not None else None
-            if checkpoint == revision:
-                self.applied = checkpoint
+            if checkpoint is not None and revision <= checkpoint <= self._sent_max:
+                # Changes land only in the order sent: this one did, earlier.
+                self.applied = revision
                 return Outcome.REPLAYED
-            if checkpoint != self.applied:
-                raise Divergence(
-                    f"the checkpoint {self.checkpoint_key.decode('utf-8', 'replace')!r} on "
-                    f"the destination holds {checkpoint}, not {self.applied} as this mirror "
-                    f"wrote it, before revision {revision}: another writer moved it", event)
+            if checkpoint != before:
+                self._not_landed_before(checkpoint, before, revision, event)
             remaining = _in_effect_dropped(changes, reads[1:], event, revision)
             dropped, changes = dropped or len(remaining) < len(changes), remaining
         raise Divergence(f"revision {revision}: the destination changed while it was "
                          "being written", event)
+
+    def _not_landed_before(self, checkpoint: Optional[int], before: Optional[int],
+                           revision: int, event: Any) -> None:
+        """The checkpoint is not where the change sent before this one left it: that
+        one has not landed (V3Unavailable: send again, in order), or another writer
+        moved it (Divergence)."""
+        key = self.checkpoint_key.decode("utf-8", "replace")
+        if checkpoint is not None and self.applied is not None and (
+                self.applied <= checkpoint < revision):
+            raise V3Unavailable(
+                f"revision {revision}: the change sent before it has not landed (the "
+                f"checkpoint {key!r} holds {checkpoint}); sending it again in order")
+        raise Divergence(
+            f"the checkpoint {key!r} on the destination holds {checkpoint}, not "
+            f"{before} as this mirror wrote it, before revision {revision}: another "
+            "writer moved it", event)
 
 
 def _found(response: Dict[str, Any]) -> Optional[bytes]:
