@@ -22,10 +22,20 @@ failed transaction is read from the transaction's own failure branch:
 Several changes may be in flight at once (``--write-pipeline``, to an
 ``http://`` destination): they are pipelined on one connection
 (:mod:`etcdmirror.v3client`, ordered), and each compares the checkpoint
-with the revision of the change sent just before it, so etcd applies them
-only in that order, or not at all: a change whose predecessor failed fails
-too, and is sent again once the failure is settled
-(:mod:`etcdmirror.pipeline`).
+with the revision before it in source order, also when it is sent again,
+so etcd applies them only in source order, or not at all: a change whose
+predecessor did not land (failed, or still waits for a lease) fails too,
+and is sent again once the failure is settled (:mod:`etcdmirror.pipeline`).
+
+Source revisions that wait together (handed over in one turn of the
+reactor: a catch-up) go in one transaction when they change different keys
+(at most :data:`GROUP_CHANGES` changes, no v2 directory delete): they land
+together, at one destination revision, the checkpoint at the last of them.
+Each is still applied whole, in order, exactly once; a reader of the
+replica sees the state after the group, which the source had too.  Only
+the verdict of a failed group is coarser: a replay or a change sent before
+it that did not land is recognised as for one change; a key not as
+expected sends each revision of the group again alone, for its own verdict.
 
 A resync's plan (:mod:`etcdmirror.resync`) is written
 :data:`~etcdmirror.v2replica.RESYNC_CONCURRENCY` requests at a time, every
@@ -37,10 +47,12 @@ A key with a source lease or a v2 TTL is written with a destination lease
 """
 
 import logging
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from etcdmirror.bounded import run_bounded
 from etcdmirror.events import Divergence, Outcome, WatchProgress
@@ -54,6 +66,25 @@ from etcdmirror.v3source import read_snapshot
 from etcdmirror.v3wire import V3Unavailable, keys_below, unb64
 
 log = logging.getLogger(__name__)
+
+#: Most changes (keys) in one transaction of several source revisions; etcd's
+#: ``--max-txn-ops`` (128 by default) bounds its compares, writes and reads.
+GROUP_CHANGES = 40
+
+
+@dataclass
+class _Waiting:
+    """A change handed to :meth:`V3ReplicaWriter.apply`, not sent yet."""
+
+    event: Any
+    changes: List[Change]
+    nothing: Outcome
+    done: defer.Deferred
+
+    @property
+    def alone(self) -> bool:
+        """A v2 directory delete (a range) never shares its transaction."""
+        return any(change.below for change in self.changes)
 
 
 class V3ReplicaWriter:
@@ -74,10 +105,20 @@ class V3ReplicaWriter:
         self.mapper = mapper
         self.leases = leases
         self.in_flight = pipeline if client.pipelines else 1
-        #: The revision the last change sent moves the checkpoint to (None: after a
-        #: failure, the next one follows :attr:`applied`), and the highest sent.
+        #: The revision the last change sent moves the checkpoint to (None: nothing
+        #: sent since the checkpoint was read or moved), and the highest sent.
         self._tail: Optional[int] = None
         self._sent_max = 0
+        #: What the checkpoint must hold before each revision sent and not applied
+        #: yet: the revision before it in source order (kept for sending it again).
+        self._before: Dict[int, Optional[int]] = {}
+        #: Changes handed over in this turn of the reactor, sent at its end.
+        self._waiting: List[_Waiting] = []
+        self._flush_call: Any = None
+        #: Revisions up to here are sent alone (their group failed on a key).
+        self._alone_until = 0
+        #: Fires once the last transaction handed over is on its way.
+        self._dispatched: defer.Deferred = defer.succeed(None)
         self.display = client.cluster.display
         self.checkpoint_key = raw(mapper.index_key)
         #: The revision the checkpoint holds (None: none yet); :meth:`load` reads it.
@@ -130,7 +171,7 @@ class V3ReplicaWriter:
         """Read the checkpoint; fires with the revision it holds, or None."""
         found = yield self.client.range(self.checkpoint_key)
         self.applied = int(found.kvs[0].value) if found.kvs else None
-        self._tail, self._sent_max = None, 0
+        self._restart_chain()
         return self.applied
 
     @defer.inlineCallbacks
@@ -140,7 +181,7 @@ class V3ReplicaWriter:
 
         Only between changes: every change sent before is answered by then.
         """
-        self._tail, self._sent_max = None, 0
+        self._restart_chain()
         result = yield self.client.txn(**transaction([], self.checkpoint_key, self.applied,
                                                      revision))
         if not result.succeeded:
@@ -155,7 +196,9 @@ class V3ReplicaWriter:
         """Apply a v2 :class:`Event` or a v3 :class:`Revision`; fires with an Outcome.
 
         The checkpoint moves to the event's ``modifiedIndex``.  ``replaying``
-        changes nothing here: the checkpoint says what was applied.
+        changes nothing here: the checkpoint says what was applied.  Sent at
+        the end of this turn of the reactor, with the changes handed over
+        after it in the same turn (module docstring).
         """
         if isinstance(event, Revision):
             changes = v3_changes(event.events, self.mapper)
@@ -165,8 +208,100 @@ class V3ReplicaWriter:
         # Nothing to write is "ignored by regex" only when the regex said so; a v2
         # directory write, say, is applied: it exists through its keys.
         ignored = bool(keys) and all(self.mapper.ignored(key) for key in keys)
-        return self._apply(event, changes, event.modifiedIndex,
-                           Outcome.IGNORED if ignored else Outcome.APPLIED)
+        waiting = _Waiting(event, changes, Outcome.IGNORED if ignored else Outcome.APPLIED,
+                           defer.Deferred())
+        self._waiting.append(waiting)
+        if self._flush_call is None:
+            self._flush_call = self.client.reactor.callLater(0, self._flush)
+        return waiting.done
+
+    def _flush(self) -> None:
+        """Send what waits: consecutive revisions on different keys together."""
+        self._flush_call = None
+        waiting, self._waiting = self._waiting, []
+        group: List[_Waiting] = []
+        keys: Set[bytes] = set()
+        for item in waiting:
+            mine = {change.key for change in item.changes}
+            if group and not self._joins(group, item, keys, mine):
+                self._send_group(group)
+                group, keys = [], set()
+            group.append(item)
+            keys |= mine
+        if group:
+            self._send_group(group)
+
+    def _joins(self, group: List[_Waiting], item: _Waiting, keys: Set[bytes],
+               mine: Set[bytes]) -> bool:
+        return (item.event.modifiedIndex > self._alone_until and not item.alone
+                and not group[0].alone and not keys & mine
+                and sum(len(g.changes) for g in group) + len(item.changes) <= GROUP_CHANGES)
+
+    def _send_group(self, group: List[_Waiting]) -> None:
+        if len(group) == 1:
+            item = group[0]
+            self._apply(item.event, item.changes, item.event.modifiedIndex,
+                        item.nothing).chainDeferred(item.done)
+            return
+
+        def answered(outcomes: Any) -> None:
+            for item, outcome in zip(group, outcomes):
+                item.done.callback(outcome)
+
+        def failed(failure: Failure) -> None:
+            for item in group:
+                item.done.errback(failure)
+        self._apply_group(group).addCallbacks(answered, failed)
+
+    @defer.inlineCallbacks
+    def _apply_group(self, group: List[_Waiting]):
+        """Several source revisions in one transaction; fires with their Outcomes."""
+        revisions = [item.event.modifiedIndex for item in group]
+        first, last = revisions[0], revisions[-1]
+        before = self._chain(revisions)  # now, in the order of the calls
+        changes = [change for item in group for change in item.changes]
+        result = yield self._txn_in_turn(changes, before, last)
+        if result.succeeded:
+            self._landed(revisions)
+            return [Outcome.APPLIED if item.changes else item.nothing for item in group]
+        found = _found(result.responses[0])
+        checkpoint = int(found) if found is not None else None
+        if checkpoint is not None and last <= checkpoint <= self._sent_max:
+            self._landed(revisions)
+            return [Outcome.REPLAYED] * len(group)
+        if checkpoint != before:
+            self._not_landed_before(checkpoint, before, first, group[0].event)
+        self._alone_until = max(self._alone_until, last)
+        raise V3Unavailable(f"revisions {first} to {last}: a key on the destination is "
+                            "not as the source had it; sending each revision alone")
+
+    @defer.inlineCallbacks
+    def _txn_in_turn(self, changes: List[Change], before: Optional[int], revision: int):
+        """The transaction of ``changes`` and their leases, sent after every one handed
+        over before it: a lease grant holds back the changes after it too, so that
+        they go out in source order; fires with its TxnResult."""
+        prior, mine = self._dispatched, defer.Deferred()
+        self._dispatched = mine
+        try:
+            leases = yield self._leases(changes)
+            yield prior
+            sent = self.client.txn(
+                **transaction(changes, self.checkpoint_key, before, revision, leases),
+                ordered=True)
+        finally:
+            mine.callback(None)
+        result = yield sent
+        return result
+
+    @defer.inlineCallbacks
+    def _leases(self, changes: List[Change]):
+        """Fires with the destination lease of each put that needs one, by key."""
+        leases = {}
+        for change in changes:
+            if change.value is not None:
+                leases[change.key] = yield self._lease(change.key, change.source_lease,
+                                                       change.ttl)
+        return leases
 
     def _lease(self, key: bytes, source_lease: int, ttl: Optional[int]) -> defer.Deferred:
         """Fires with the destination lease for a key with a source lease or a TTL, or 0."""
@@ -176,47 +311,51 @@ class V3ReplicaWriter:
             return self.leases.for_ttl(key, ttl)
         return defer.succeed(0)
 
-    def _chain(self, revision: int) -> Optional[int]:
-        """What the checkpoint holds just before ``revision`` lands: the revision of
-        the change sent before it, or (nothing sent since) the one applied."""
-        before = self._tail if self._tail is not None else self.applied
-        self._tail = revision
-        self._sent_max = max(self._sent_max, revision)
+    def _restart_chain(self) -> None:
+        """The checkpoint was read or moved, with nothing in flight: chain from it."""
+        self._tail, self._sent_max, self._alone_until = None, 0, 0
+        self._before.clear()
+
+    def _chain(self, revisions: List[int]) -> Optional[int]:
+        """What the checkpoint must hold just before ``revisions`` land: the revision
+        before the first in source order, always, also when sent again after a
+        failure (so nothing can land before what precedes it)."""
+        first = revisions[0]
+        if first in self._before:
+            return self._before[first]  # sent again
+        before = previous = self._tail if self._tail is not None else self.applied
+        for revision in revisions:
+            self._before[revision], previous = previous, revision
+        self._tail = revisions[-1]
+        self._sent_max = max(self._sent_max, revisions[-1])
         return before
 
-    @defer.inlineCallbacks
-    def _apply(self, event: Any, changes: List[Change], revision: int, nothing: Outcome):
-        before = self._chain(revision)  # now, in the order of the calls
-        try:
-            outcome = yield self._send(event, changes, revision, before, nothing)
-        except Exception:
-            self._tail = None  # whatever was sent after it cannot land: start again
-            raise
-        return outcome
+    def _landed(self, revisions: List[int]) -> None:
+        self.applied = revisions[-1]
+        for revision in revisions:
+            self._before.pop(revision, None)
+
+    def _apply(self, event: Any, changes: List[Change], revision: int,
+               nothing: Outcome) -> defer.Deferred:
+        before = self._chain([revision])  # now, in the order of the calls
+        return self._send(event, changes, revision, before, nothing)
 
     @defer.inlineCallbacks
     def _send(self, event: Any, changes: List[Change], revision: int, before: Optional[int],
               nothing: Outcome):
         dropped = False
-        leases = {}
-        for change in changes:
-            if change.value is not None:
-                leases[change.key] = yield self._lease(change.key, change.source_lease,
-                                                       change.ttl)
         for _ in range(2):
-            result = yield self.client.txn(
-                **transaction(changes, self.checkpoint_key, before, revision, leases),
-                ordered=True)
+            result = yield self._txn_in_turn(changes, before, revision)
             if result.succeeded:
-                self.applied = revision
+                self._landed([revision])
                 if changes:
                     return Outcome.APPLIED
                 return Outcome.REPLAYED if dropped else nothing
             reads = [_found(r) for r in result.responses]
             checkpoint = int(reads[0]) if reads[0] is not None else None
             if checkpoint is not None and revision <= checkpoint <= self._sent_max:
-                # Changes land only in the order sent: this one did, earlier.
-                self.applied = revision
+                # Changes land only in source order: this one did, earlier.
+                self._landed([revision])
                 return Outcome.REPLAYED
             if checkpoint != before:
                 self._not_landed_before(checkpoint, before, revision, event)
