@@ -10,7 +10,8 @@ import os
 import platform
 import re
 import subprocess
-from typing import Dict, Tuple
+import time
+from typing import Callable, Dict, Tuple
 
 from bench.common import REPO
 
@@ -23,6 +24,32 @@ def cpu_seconds(pid: int) -> float:
         # The command name may hold spaces; fields after it are fixed.
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_per_call(pid: int, call: Callable[[], object], interval: float,
+                 seconds: float = 1.0) -> float:
+    """CPU seconds process ``pid`` spends per ``call()``, made every ``interval`` seconds
+    for ``seconds`` (what one ``/status`` read costs an idle mirror)."""
+    before = cpu_seconds(pid)
+    calls = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        call()
+        calls += 1
+        time.sleep(interval)
+    return (cpu_seconds(pid) - before) / calls
+
+
+def threads_stopped(pid: int) -> bool:
+    """Every thread of process ``pid`` is stopped (SIGSTOP has taken effect)."""
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                    return False
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def memory_kb(pid: int) -> Dict[str, int]:

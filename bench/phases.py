@@ -26,11 +26,11 @@ import time
 from typing import Dict, List, Tuple
 
 from bench.common import BENCH_DIR, KEYS_PER_SET, log
-from bench.machine import (cpu_seconds, loadavg, machine_busy, machine_busy_share,
-                           machine_info, memory_kb)
+from bench.machine import (cpu_per_call, cpu_seconds, loadavg, machine_busy,
+                           machine_busy_share, machine_info, memory_kb)
 from bench.probe import FloorProbe, Probe, percentile
 from bench.profiling import PySpy, profile_tables
-from bench.rig import STOP_TIMEOUT, Rig
+from bench.rig import STOP_TIMEOUT, Rig, resyncs_since
 
 #: Written and watched on the destination, outside the replica: its own latency.
 FLOOR_KEY = "/bench-probe-floor"
@@ -104,14 +104,7 @@ class Bench(Rig):
         poll = self.args.status_poll_ms / 1000
         # What one /status read costs the idle mirror: the catch-up below reads
         # it every `poll` seconds, and that CPU is not replication work.
-        calib_cpu = cpu_seconds(mirror.pid)
-        calib_polls = 0
-        calib_end = time.perf_counter() + 1.0
-        while time.perf_counter() < calib_end:
-            mirror.status()
-            calib_polls += 1
-            time.sleep(poll)
-        poll_cpu = (cpu_seconds(mirror.pid) - calib_cpu) / calib_polls
+        poll_cpu = cpu_per_call(mirror.pid, mirror.status, poll)
         log_offset = mirror.log_size()
         resyncs_before = self.resyncs()
         cpu_before = cpu_seconds(mirror.pid)
@@ -150,9 +143,7 @@ class Bench(Rig):
         result["poll_share"] = polls * poll_cpu / result["cpu_s"] if result["cpu_s"] else 0.0
         result["cpu_ms_per_event_net"] = max(0.0, result["cpu_s"] - polls * poll_cpu) / max(
             1, result["applied"]) * 1000
-        after = self.resyncs()
-        result["resyncs"] = {k: v - resyncs_before.get(k, 0) for k, v in after.items()
-                             if v - resyncs_before.get(k, 0)}
+        result["resyncs"] = resyncs_since(resyncs_before, self.resyncs())
         result["resync_log"] = self.resync_lines(log_offset)
         if took is None:
             log("catch-up: waiting for the rest")
@@ -216,9 +207,7 @@ class Bench(Rig):
         lat, missing, superseded = probe.latencies_ms()
         src_lat = probe.source_latencies_ms()
         hops = probe.hops_ms()
-        after = self.resyncs()
-        resyncs = {k: v - resyncs_before.get(k, 0) for k, v in after.items()
-                   if v - resyncs_before.get(k, 0)}
+        resyncs = resyncs_since(resyncs_before, self.resyncs())
         equal, detail = self.verify_tree() if drain is not None else (False, "not caught up")
         result = {
             "target": rate, "duration": duration, "achieved": written["rate"],
@@ -319,9 +308,7 @@ class Bench(Rig):
         cpu = cpu_seconds(mirror.pid) - cpu_before
         mem_after = memory_kb(mirror.pid)
         events = self.src_client.index() - index_before
-        after = self.resyncs()
-        resyncs = {k: v - resyncs_before.get(k, 0) for k, v in after.items()
-                   if v - resyncs_before.get(k, 0)}
+        resyncs = resyncs_since(resyncs_before, self.resyncs())
         equal, detail = self.verify_tree() if drain is not None else (False, "not caught up")
         result = {"events": events, "written": written, "elapsed": elapsed,
                   "rate": events / elapsed, "rss_before_kb": mem_before["VmRSS"],

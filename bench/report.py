@@ -2,15 +2,19 @@
 
 :func:`report` turns a run's results into the section printed on stdout;
 :func:`write_section` puts it into a file (``--write``), replacing the
-section with the same title.  Nothing here measures anything.
+section with the same title; :func:`publish` does both at the end of a run.
+:func:`header` and :func:`note_lines` serve ``bench/v3report.py`` too.
+Nothing here measures anything.
 """
 
 import argparse
 import os
 import re
-from typing import TYPE_CHECKING, Dict, List
+import shlex
+import sys
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
-from bench.common import SRC_PREFIX
+from bench.common import SRC_PREFIX, log
 
 if TYPE_CHECKING:
     from bench.phases import Bench
@@ -38,19 +42,31 @@ def resync_text(resyncs: Dict[str, float], lines: List[str]) -> str:
     return (", ".join(parts) or "metrics: none") + "; log: %d done" % done
 
 
+def header(title: str, command: str, r: Dict, tools: str = "") -> List[str]:
+    """The title and the first lines of a section: command, date, machine, software
+    (``tools``: more software after etcd's version, e.g. ", etcdctl 3.4")."""
+    m = r["machine"]
+    return ["## " + title, "",
+            "* Command: `%s`" % command,
+            "* Date: %s" % r["started"].strftime("%Y-%m-%d %H:%M UTC"),
+            "* Machine: %s CPUs (%s), %s RAM, Linux %s; load average %s at the start%s"
+            % (m["nproc"], m["cpu"], m["memory"], m["kernel"], m["load"],
+               ", %s at the end" % r["load_end"] if "load_end" in r else ""),
+            "* Software: Python %s, Twisted %s, treq %s, etcd %s%s; etcd-mirror %s (%s)"
+            % (m["python"], m["twisted"], m["treq"], m["etcd"], tools, m["mirror"], m["git"])]
+
+
+def note_lines(r: Dict) -> List[str]:
+    """The run's notes, one bullet each, and a blank line (nothing without notes)."""
+    return ["* Note: %s" % n for n in r["notes"]] + [""] if r["notes"] else []
+
+
 def report(bench: "Bench", command: str) -> str:
     """The Markdown section of a run: setup, the results table, the details."""
     a = bench.args
     r = bench.results
     m = r["machine"]
-    out = ["## %s" % title_for(a), ""]
-    out.append("* Command: `%s`" % command)
-    out.append("* Date: %s" % r["started"].strftime("%Y-%m-%d %H:%M UTC"))
-    out.append("* Machine: %s CPUs (%s), %s RAM, Linux %s; load average %s at the start%s"
-               % (m["nproc"], m["cpu"], m["memory"], m["kernel"], m["load"],
-                  ", %s at the end" % r["load_end"] if "load_end" in r else ""))
-    out.append("* Software: Python %s, Twisted %s, treq %s, etcd %s; etcd-mirror %s (%s)"
-               % (m["python"], m["twisted"], m["treq"], m["etcd"], m["mirror"], m["git"]))
+    out = header(title_for(a), command, r)
     setup = ("mirror -> delay proxy (%g ms RTT) -> source etcd" % a.rtt_ms
              if a.rtt_ms > 0 else "mirror -> source etcd on loopback")
     out.append("* Setup: %s; destination on loopback; mirror flags: `%s`; %d writer "
@@ -171,15 +187,13 @@ def report(bench: "Bench", command: str) -> str:
                     out.append("```")
                     out.append("</details>")
         out.append("")
-    if r["notes"]:
-        for n in r["notes"]:
-            out.append("* Note: %s" % n)
-        out.append("")
+    out.extend(note_lines(r))
     return "\n".join(out)
 
 
-def write_section(path: str, section: str) -> None:
-    """Replace the section with the same '## ' title in path, or append it."""
+def write_section(path: str, section: str, first: bool = False) -> None:
+    """Replace the section with the same '## ' title in path; else append it (``first``:
+    put it above the first '## ' section)."""
     heading = section.split("\n", 1)[0]
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
@@ -188,15 +202,48 @@ def write_section(path: str, section: str) -> None:
         text = ("# etcd-mirror benchmarks\n\nProduced by `bench/run.py`; see "
                 "[bench/README.md](bench/README.md) for what each number means.\n")
     lines = text.split("\n")
+    body = section.rstrip("\n").split("\n") + [""]
     start = next((i for i, l in enumerate(lines) if l.rstrip() == heading), None)
-    if start is None:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
+    if start is not None:
         end = next((i for i in range(start + 1, len(lines))
                     if lines[i].startswith("## ")), len(lines))
-        new = lines[:start] + section.rstrip("\n").split("\n") + [""] + lines[end:]
-        text = "\n".join(new).rstrip("\n") + "\n"
+        text = "\n".join(lines[:start] + body + lines[end:])
+    elif first:
+        at = next((i for i, l in enumerate(lines) if l.startswith("## ")), len(lines))
+        text = "\n".join(lines[:at] + body + lines[at:])
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+        f.write(text.rstrip("\n") + "\n")
     os.replace(tmp, path)
+
+
+def command_line() -> str:
+    """How this benchmark was started, for the report (paths relative to here)."""
+    python = sys.executable
+    try:
+        rel = os.path.relpath(python)
+        if not rel.startswith(".."):
+            python = rel
+    except ValueError:
+        pass
+    return shlex.join([python, os.path.relpath(os.path.abspath(sys.argv[0]))] + sys.argv[1:])
+
+
+def publish(bench, command: str, failed: Optional[str], report: Callable[..., str],
+            path: Optional[str], title: str, first: bool = False) -> int:
+    """The end of a run: print the section (a partial one, with a note, if the run
+    ``failed``) and put it into ``path`` (``--write``, only when it did not fail);
+    the exit status."""
+    if failed:
+        if "started" in bench.results and "machine" in bench.results:
+            bench.note("run " + failed + "; results are partial")
+            print(report(bench, command))
+        return 1
+    section = report(bench, command)
+    print(section)
+    if path:
+        write_section(path, section, first)
+        log("wrote section %r to %s" % (title, path))
+    return 0

@@ -3,7 +3,9 @@
 Everything the benchmark starts is started here and registered with
 ``bench/reaper.py`` (which cleans up if the benchmark is killed with
 SIGKILL), and stopped by pid in :meth:`Rig.teardown`.  The phases
-(``bench/phases.py``) only use what the rig has running.
+(``bench/phases.py``) only use what the rig has running.  :class:`RigBase`
+(the work directory, the reaper, the two etcd servers, running to the end
+whatever happens) is shared with ``bench/v3rig.py``.
 """
 
 import argparse
@@ -11,9 +13,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import traceback
 from typing import Dict, List, Optional, Tuple
 
 from bench.common import BENCH_DIR, DST_PREFIX, REPO, SRC_PREFIX, log
@@ -40,36 +44,51 @@ def start_proxy(target_port: int, rtt_ms: float) -> Tuple[subprocess.Popen, int]
     return proc, int(found.group(1))
 
 
-def stop_proc(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop_proc(proc: Optional[subprocess.Popen], timeout: float = 5.0) -> Optional[int]:
+    """SIGTERM (and SIGCONT, should it be stopped), SIGKILL after ``timeout``; its exit status."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            os.kill(proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
-class Rig:
-    """The processes the phases measure, and the reaper that outlives us.
+def resyncs_of(mirror: MirrorProcess) -> Dict[str, float]:
+    """A mirror's etcdmirror_resyncs_total by reason."""
+    out = {}
+    for labels, value in mirror.samples("etcdmirror_resyncs_total").items():
+        found = re.fullmatch(r'reason="([^"]*)"', labels)
+        if found:
+            out[found.group(1)] = value
+    return out
 
-    :meth:`setup` starts the source and destination etcd servers, the delay
-    proxy (``--rtt-ms``) and the writers; :meth:`start_mirror` the mirror;
-    :meth:`teardown` stops all of it by pid, on any end of the run.
+
+def resyncs_since(before: Dict[str, float], after: Dict[str, float]) -> Dict[str, float]:
+    """The resyncs by reason between two readings of :func:`resyncs_of` (none: left out)."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+class RigBase:
+    """A benchmark's work directory, the reaper that outlives us, the two etcd servers.
+
+    A subclass has ``run()`` and ``teardown()`` (which ends with :meth:`finish`);
+    :meth:`run_to_the_end` runs the one and always the other.
     """
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, prefix: str) -> None:
         self.args = args
-        self.python = args.python or sys.executable
-        self.mirror_root = os.path.abspath(args.mirror_path or REPO)
-        self.workdir = tempfile.mkdtemp(prefix="etcdmirror-bench-")
+        self.workdir = tempfile.mkdtemp(prefix=prefix)
         self.src: Optional[LocalEtcd] = None
         self.dst: Optional[LocalEtcd] = None
-        self.proxy: Optional[subprocess.Popen] = None
-        self.mirror: Optional[MirrorProcess] = None
-        self.writers: Optional[WriterPool] = None
-        self.probe_seq = 1
         self.results: Dict = {"notes": []}
         # Cleans up after us if we are killed with SIGKILL (see reaper.py).
         self.reaper = subprocess.Popen([sys.executable, os.path.join(BENCH_DIR, "reaper.py")],
@@ -87,16 +106,91 @@ class Rig:
         log("NOTE: " + text)
         self.results["notes"].append(text)
 
-    # -- setup / teardown --
-
-    def setup(self) -> None:
+    def start_servers(self, name: str) -> None:
+        """The source and destination etcd servers, ``NAME-src`` and ``NAME-dst``."""
         log("starting source and destination etcd (work dir %s)" % self.workdir)
-        self.src = LocalEtcd("bench-src")
-        self.dst = LocalEtcd("bench-dst")
+        self.src = LocalEtcd(name + "-src")
+        self.dst = LocalEtcd(name + "-dst")
         for server in (self.src, self.dst):
             server.start()
             self.guard("pid", server.pid)
             self.guard("dir", server.data_dir)
+
+    def start_guarded(self, mirror: MirrorProcess, **start) -> MirrorProcess:
+        """``mirror.start(**start)``, its pid told to the reaper even if the start fails."""
+        try:
+            mirror.start(**start)
+        finally:
+            if mirror.proc is not None:
+                self.guard("pid", mirror.pid)
+        return mirror
+
+    def finish(self) -> None:
+        """The end of a teardown: the servers, the work directory, the reaper."""
+        for server in (self.src, self.dst):
+            if server is not None:
+                server.cleanup()
+        if self.args.keep_logs:
+            log("logs kept in %s" % self.workdir)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.guard("done", "")
+        try:
+            self.reaper.stdin.close()
+        except OSError:
+            pass
+        self.reaper.wait()
+
+    def failure_details(self) -> None:
+        """Logged after an error, before the teardown."""
+
+    def run_to_the_end(self) -> Optional[str]:
+        """``run()``, then ``teardown()`` however it ends (SIGTERM counts as Ctrl-C, and
+        both are ignored during the teardown); None, "interrupted" or "failed: ..."."""
+        def on_term(signum, frame):
+            raise KeyboardInterrupt()
+
+        signal.signal(signal.SIGTERM, on_term)
+        failed = None
+        try:
+            self.run()
+        except KeyboardInterrupt:
+            failed = "interrupted"
+            log("interrupted")
+        except Exception as e:
+            failed = "failed: %s" % e
+            log("FAILED: %s" % e)
+            traceback.print_exc()
+            self.failure_details()
+        finally:
+            # Ctrl-C again during cleanup must not leave processes behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.teardown()
+        return failed
+
+
+class Rig(RigBase):
+    """The processes the phases measure, and the reaper that outlives us.
+
+    :meth:`setup` starts the source and destination etcd servers, the delay
+    proxy (``--rtt-ms``) and the writers; :meth:`start_mirror` the mirror;
+    :meth:`teardown` stops all of it by pid, on any end of the run.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args, "etcdmirror-bench-")
+        self.python = args.python or sys.executable
+        self.mirror_root = os.path.abspath(args.mirror_path or REPO)
+        self.proxy: Optional[subprocess.Popen] = None
+        self.mirror: Optional[MirrorProcess] = None
+        self.writers: Optional[WriterPool] = None
+        self.probe_seq = 1
+
+    # -- setup / teardown --
+
+    def setup(self) -> None:
+        self.start_servers("bench")
         self.src_client = BlockingClient(self.src.url)
         self.dst_client = BlockingClient(self.dst.url)
         mirror_src = self.src.url
@@ -120,11 +214,7 @@ class Rig:
             log_path=os.path.join(self.workdir, name + ".log"), python=self.python,
             root=self.mirror_root, profile_path=profile_path, http_timeout=10.0)
         self.mirror = mirror
-        try:
-            mirror.start(timeout=self.args.start_timeout)
-        finally:
-            if mirror.proc is not None:
-                self.guard("pid", mirror.pid)
+        self.start_guarded(mirror, timeout=self.args.start_timeout)
         log("%s pid %d, HTTP port %d: %s" % (name, mirror.pid, mirror.port,
                                             shlex.join(mirror.command[1:])))
         return mirror
@@ -138,19 +228,11 @@ class Rig:
         if self.writers is not None:
             self.writers.stop()
         stop_proc(self.proxy)
-        for server in (self.src, self.dst):
-            if server is not None:
-                server.cleanup()
-        if self.args.keep_logs:
-            log("logs kept in %s" % self.workdir)
-        else:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        self.guard("done", "")
-        try:
-            self.reaper.stdin.close()
-        except OSError:
-            pass
-        self.reaper.wait()
+        self.finish()
+
+    def failure_details(self) -> None:
+        if self.mirror is not None and self.mirror.proc is not None:
+            log("mirror log tail:\n" + self.mirror.log_tail())
 
     # -- helpers --
 
@@ -173,12 +255,7 @@ class Rig:
 
     def resyncs(self) -> Dict[str, float]:
         """etcdmirror_resyncs_total by reason."""
-        out = {}
-        for labels, value in self.mirror.samples("etcdmirror_resyncs_total").items():
-            found = re.fullmatch(r'reason="([^"]*)"', labels)
-            if found:
-                out[found.group(1)] = value
-        return out
+        return resyncs_of(self.mirror)
 
     def resync_lines(self, since: int) -> List[str]:
         return [l for l in self.mirror.log_since(since).splitlines()

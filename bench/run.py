@@ -30,8 +30,6 @@ machine), ``writers.py`` (the load), ``probe.py`` (the latency probe),
 
 import argparse
 import os
-import shlex
-import signal
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +39,7 @@ if REPO not in sys.path:
 
 from bench.common import log  # noqa: E402
 from bench.phases import Bench  # noqa: E402
-from bench.report import report, title_for, write_section  # noqa: E402
+from bench.report import command_line, publish, report, title_for  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,55 +110,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def command_line() -> str:
-    python = sys.executable
-    try:
-        rel = os.path.relpath(python)
-        if not rel.startswith(".."):
-            python = rel
-    except ValueError:
-        pass
-    return shlex.join([python, os.path.relpath(os.path.abspath(sys.argv[0]))] + sys.argv[1:])
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     bench = Bench(args)
     command = command_line()
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt()
-
-    signal.signal(signal.SIGTERM, on_term)
-    failed = None
-    try:
-        bench.run()
-    except KeyboardInterrupt:
-        failed = "interrupted"
-        log("interrupted")
-    except Exception as e:
-        failed = "failed: %s" % e
-        log("FAILED: %s" % e)
-        import traceback
-        traceback.print_exc()
-        if bench.mirror is not None and bench.mirror.proc is not None:
-            log("mirror log tail:\n" + bench.mirror.log_tail())
-    finally:
-        # Ctrl-C again during cleanup must not leave processes behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        bench.teardown()
-    if failed:
-        if "started" in bench.results and "machine" in bench.results:
-            bench.note("run " + failed + "; results are partial")
-            print(report(bench, command))
-        return 1
-    section = report(bench, command)
-    print(section)
-    if args.write:
-        write_section(args.write, section)
-        log("wrote section %r to %s" % (title_for(args), args.write))
-    return 0
+    failed = bench.run_to_the_end()
+    return publish(bench, command, failed, report, args.write, title_for(args))
 
 
 if __name__ == "__main__":

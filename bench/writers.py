@@ -5,7 +5,8 @@ benchmark's GIL) with one keep-alive connection to the source, and writes
 only its own keys, so every operation makes exactly one event.  A
 :class:`WriterPool` hands them commands: write N events as fast as possible
 (``burst``), or at a rate for a duration, open loop (``start_paced`` and
-``finish_paced``).
+``finish_paced``).  The keys and the operations are the v2 keys API's by
+default; ``bench/v3load.py`` gives the v3 ones.
 """
 
 import multiprocessing
@@ -13,7 +14,7 @@ import os
 import random
 import signal
 import time
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from bench.common import KEYS_PER_SET, SRC_PREFIX
 from etcdmirror.localclient import BlockingClient
@@ -29,18 +30,38 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def writer_main(wid: int, url: str, keys: int, parent_pid: int, commands, results) -> None:
+def v2_ops(wid: int, url: str, keys: int) -> Tuple[List[str], set, Callable, Callable]:
+    """A writer's keys and operations on the v2 keys API: (its key names, those that
+    exist, ``write(key, value)`` and ``delete(key)``, each returning (ok, index))."""
+    client = BlockingClient(url)
+
+    def write(key: str, value: str) -> Tuple[bool, int]:
+        answer = client.set(key, value)
+        return 200 <= answer.status < 300, answer.index
+
+    def delete(key: str) -> Tuple[bool, int]:
+        answer = client.delete(key)
+        return 200 <= answer.status < 300, answer.index
+
+    return ["%s/set%d/k%d" % (SRC_PREFIX, wid, j) for j in range(keys)], set(), write, delete
+
+
+def writer_main(wid: int, url: str, keys: int, parent_pid: int, commands, results,
+                ops: Callable = v2_ops) -> None:
     """One writer process: runs commands from its queue on its own connection.
 
-    Every operation makes exactly one event: a set of one of its own keys, or
-    (one op in ten) a delete of one of its own keys that exists.
+    Every operation makes exactly one event: a write of one of its own keys, or
+    (one op in ten) a delete of one of its own keys that exists.  ``ops`` gives
+    the keys and the operations (:func:`v2_ops`; ``bench/v3load.py``: v3).
     """
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    client = BlockingClient(url)
+    try:
+        names, existing, write, delete = ops(wid, url, keys)
+    except Exception as e:  # reported by the parent
+        results.put(("error", wid, "%s: %s" % (type(e).__name__, e)))
+        return
     rng = random.Random(wid)
-    names = ["%s/set%d/k%d" % (SRC_PREFIX, wid, j) for j in range(keys)]
-    existing: set = set()
     seq = 0
     results.put(("ready", wid))
 
@@ -49,14 +70,13 @@ def writer_main(wid: int, url: str, keys: int, parent_pid: int, commands, result
         seq += 1
         if seq % 10 == 0 and existing:
             key = rng.choice(sorted(existing))
-            answer = client.delete(key)
+            ok, index = delete(key)
             existing.discard(key)
         else:
             key = rng.choice(names)
-            value = "w%d-%d-%s" % (wid, seq, "x" * rng.randint(8, 40))
-            answer = client.set(key, value)
+            ok, index = write(key, "w%d-%d-%s" % (wid, seq, "x" * rng.randint(8, 40)))
             existing.add(key)
-        return 200 <= answer.status < 300, answer.index
+        return ok, index
 
     while True:
         try:
@@ -113,7 +133,8 @@ def run_writer_command(command: tuple, one_op) -> tuple:
 class WriterPool:
     """Several writer processes, each with one keep-alive connection to the source."""
 
-    def __init__(self, count: int, url: str) -> None:
+    def __init__(self, count: int, url: str, ops: Callable = v2_ops,
+                 name: str = "bench-writer") -> None:
         ctx = multiprocessing.get_context("spawn")
         self.results = ctx.Queue()
         self.queues = []
@@ -121,8 +142,8 @@ class WriterPool:
         keys = max(1, KEYS_PER_SET // count)
         for wid in range(count):
             q = ctx.Queue()
-            p = ctx.Process(target=writer_main, name="bench-writer-%d" % wid,
-                            args=(wid, url, keys, os.getpid(), q, self.results),
+            p = ctx.Process(target=writer_main, name="%s-%d" % (name, wid),
+                            args=(wid, url, keys, os.getpid(), q, self.results, ops),
                             daemon=True)
             p.start()
             self.queues.append(q)
