@@ -14,7 +14,7 @@ import os
 import random
 import signal
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from bench.common import KEYS_PER_SET, SRC_PREFIX
 from etcdmirror.localclient import BlockingClient
@@ -47,12 +47,13 @@ def v2_ops(wid: int, url: str, keys: int) -> Tuple[List[str], set, Callable, Cal
 
 
 def writer_main(wid: int, url: str, keys: int, parent_pid: int, commands, results,
-                ops: Callable = v2_ops) -> None:
+                ops: Callable = v2_ops, seed: Optional[str] = None) -> None:
     """One writer process: runs commands from its queue on its own connection.
 
     Every operation makes exactly one event: a write of one of its own keys, or
     (one op in ten) a delete of one of its own keys that exists.  ``ops`` gives
-    the keys and the operations (:func:`v2_ops`; ``bench/v3load.py``: v3).
+    the keys and the operations (:func:`v2_ops`; ``bench/v3load.py``: v3); the
+    keys are chosen at random, from ``seed`` and ``wid`` (default: ``wid`` only).
     """
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
@@ -61,7 +62,7 @@ def writer_main(wid: int, url: str, keys: int, parent_pid: int, commands, result
     except Exception as e:  # reported by the parent
         results.put(("error", wid, "%s: %s" % (type(e).__name__, e)))
         return
-    rng = random.Random(wid)
+    rng = random.Random(wid if seed is None else "%s-%d" % (seed, wid))
     seq = 0
     results.put(("ready", wid))
 
@@ -134,7 +135,7 @@ class WriterPool:
     """Several writer processes, each with one keep-alive connection to the source."""
 
     def __init__(self, count: int, url: str, ops: Callable = v2_ops,
-                 name: str = "bench-writer") -> None:
+                 name: str = "bench-writer", seed: Optional[str] = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.results = ctx.Queue()
         self.queues = []
@@ -143,14 +144,18 @@ class WriterPool:
         for wid in range(count):
             q = ctx.Queue()
             p = ctx.Process(target=writer_main, name="%s-%d" % (name, wid),
-                            args=(wid, url, keys, os.getpid(), q, self.results, ops),
+                            args=(wid, url, keys, os.getpid(), q, self.results, ops, seed),
                             daemon=True)
             p.start()
             self.queues.append(q)
             self.procs.append(p)
         # Wait until every writer has started (spawning and importing costs CPU
         # that must not overlap a measurement).
-        ready = self._collect(60)
+        try:
+            ready = self._collect(60)
+        except BaseException:
+            self.stop()
+            raise
         assert all(r[0] == "ready" for r in ready), ready
 
     def _collect(self, timeout: float) -> List[tuple]:
