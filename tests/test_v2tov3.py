@@ -22,7 +22,7 @@ from typing import Dict, Optional
 import pytest
 
 from tests.helpers import V2, run_command, wait_for
-from tests.v3sync import V3
+from tests.v3sync import V3, wait_image
 
 MODE = ("--src-api", "v2", "--dst-api", "v3")
 
@@ -83,21 +83,8 @@ def checkpoint(d: V3, area: Area) -> Optional[int]:
 def wait_converged(v2: V2, d: V3, area: Area, index: Optional[int] = None, mirror=None,
                    timeout: float = 20.0) -> None:
     """Until the v3 image equals the v2 prefix and (``index``) the checkpoint holds it."""
-    def check():
-        if mirror is not None and mirror.proc.poll() is not None:
-            return "exited"
-        if index is not None and checkpoint(d, area) != index:
-            return None
-        return area.expected(v2) == d.tree(area.image)
-
-    try:
-        result = wait_for(check, timeout=timeout, message="v3 image == v2 source")
-    except AssertionError:
-        pytest.fail(f"not converged after {timeout}s: checkpoint {checkpoint(d, area)}, "
-                    f"wanted {index}; source keys {area.expected(v2)}, v3 image "
-                    f"{d.tree(area.image)}")
-    if result == "exited":
-        pytest.fail(f"the mirror exited with {mirror.returncode}:\n{mirror.log_tail(40)}")
+    wait_image(lambda: area.expected(v2), lambda: d.tree(area.image),
+               lambda: checkpoint(d, area), index, mirror, timeout)
 
 
 def ok(answer, action: str):

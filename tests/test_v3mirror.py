@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from tests.helpers import run_command, wait_for
-from tests.v3sync import V3
+from tests.v3sync import V3, wait_image
 
 V3_MODE = ("--src-api", "v3", "--dst-api", "v3")
 
@@ -91,21 +91,9 @@ def wait_converged(s: V3, d: V3, area: Area, revision: Optional[int] = None,
                    mirror=None, timeout: float = 20.0) -> None:
     """Until the image equals the source prefix and (``revision``) the checkpoint holds
     exactly that revision; fails at once if ``mirror`` exits."""
-    def check():
-        if mirror is not None and mirror.proc.poll() is not None:
-            return "exited"
-        if revision is not None and checkpoint(d, area) != revision:
-            return None
-        return area.expected(s) == d.tree(area.image)
-
-    try:
-        result = wait_for(check, timeout=timeout, message="image == source")
-    except AssertionError:
-        pytest.fail(f"not converged after {timeout}s: checkpoint {checkpoint(d, area)}, "
-                    f"wanted {revision}; (source, destination) by key: "
-                    f"{differences(s, d, area)}")
-    if result == "exited":
-        pytest.fail(f"the mirror exited with {mirror.returncode}:\n{mirror.log_tail(40)}")
+    wait_image(lambda: area.expected(s), lambda: d.tree(area.image),
+               lambda: checkpoint(d, area), revision, mirror, timeout,
+               describe=lambda: f"(source, destination) by key: {differences(s, d, area)}")
 
 
 def start_indexes(m) -> List[int]:
@@ -630,3 +618,25 @@ def test_verify_refuses_v3_to_v2_and_the_three_modes_are_valid():
     finally:
         a.close()
         b.close()
+
+
+# -- 10. --strip and the ignore regex mean the same as on v2 ------------------------------
+
+
+def test_strip_and_the_ignore_regex_as_on_v2(src, dst, mirror):
+    """Ignored keys are never written, their images never touched (not even by a
+    reload), and a revision of ignored keys only still moves the checkpoint."""
+    s, d, area = V3(src.url), V3(dst.url), Area()
+    s.put(area.key("app/a"), "1")
+    s.put(area.key("locks/l1"), "source lock")
+    d.put(area.dst_prefix + "/locks/mine", "the destination's own lock")
+    m = mirror(src.url, dst.url, "--src-api", "v3", "--dst-api", "v3", "--strip",
+               "--src-prefix", area.prefix, "--dst-prefix", area.dst_prefix,
+               "--src-ignore-keys-regex", area.prefix + "/locks(/.*)?", "--reload")
+    s.txn(puts=[(area.key("app/b"), "2"), (area.key("locks/l2"), "ignored")])
+    only_ignored = s.put(area.key("locks/l1"), "still ignored")
+    wait_image(lambda: {"/app/a": "1", "/app/b": "2", "/locks/mine": "the destination's own lock"},
+               lambda: {k[len(area.dst_prefix):]: v for k, v in d.tree(area.dst_prefix).items()},
+               lambda: checkpoint(d, area), only_ignored, m)
+    assert m.metric("etcdmirror_ignored_events_total") == 1
+    assert f"at index {only_ignored} (put, ignored by regex)" in m.log()

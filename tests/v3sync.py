@@ -10,7 +10,7 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from etcdmirror.v3wire import keys_below
 
@@ -110,3 +110,31 @@ class V3:
     def ttl(self, lease: int) -> int:
         """The lease's remaining TTL in seconds (-1: no such lease)."""
         return int(self.call("/v3/lease/timetolive", {"ID": str(lease)}).get("TTL", -1))
+
+
+def wait_image(expected: Callable[[], Any], image: Callable[[], Any],
+               checkpoint: Callable[[], Optional[int]], index: Optional[int] = None,
+               mirror: Any = None, timeout: float = 20.0,
+               describe: Optional[Callable[[], Any]] = None) -> None:
+    """Until ``image()`` equals ``expected()`` and (``index``) ``checkpoint()`` holds
+    exactly ``index``; fails the test at once if ``mirror`` exits, and on timeout
+    with ``describe()`` (default: both trees)."""
+    import pytest
+
+    from tests.helpers import wait_for
+
+    def check():
+        if mirror is not None and mirror.proc.poll() is not None:
+            return "exited"
+        if index is not None and checkpoint() != index:
+            return None
+        return expected() == image()
+
+    try:
+        result = wait_for(check, timeout=timeout, message="image == source")
+    except AssertionError:
+        shown = describe() if describe else f"source {expected()}, image {image()}"
+        pytest.fail(f"not converged after {timeout}s: checkpoint {checkpoint()}, wanted "
+                    f"{index}; {shown}")
+    if result == "exited":
+        pytest.fail(f"the mirror exited with {mirror.returncode}:\n{mirror.log_tail(40)}")
