@@ -63,6 +63,6 @@ def record_applied(event: Event, outcome: Outcome, elapsed: float, status: st.Mi
                  event.action, EVENT_LOG_OUTCOMES[outcome])
     status.replica_index = event.modifiedIndex
     status.last_event_time = status.loop_heartbeat = clock.seconds()
-    if event.key == options.heartbeat_key and event.action in ("set", "update"):
+    if event.key == options.heartbeat_key and event.action in ("set", "update", "put"):
         status.heartbeat_time = st.parse_heartbeat(event.value)
 

@@ -138,3 +138,28 @@ def test_freshness_waits_until_the_quorum_index_is_applied():
     clock.advance(1)                     # t=2: index 12 (read at t=1) applied, and 12 again
     assert tracker.fresh_as_of == FreshAsOf(102.0, 12)
     assert abs(tracker.age() - 0.0) < 1e-9
+
+
+def test_freshness_and_heartbeat_on_v3_sides(src, dst, mirror):
+    """A v3 -> v3 mirror publishes its freshness in the v3 keyspace, writes its
+    heartbeat to the v3 source, and etcd-mirror-freshness --dst-api v3 reads both."""
+    import uuid
+
+    from tests.v3sync import V3
+    prefix = "/f" + uuid.uuid4().hex[:8]
+    V3(src.url).put(prefix + "/a", "1")
+    m = mirror(src.url, dst.url, "--reload", "--src-api", "v3", "--dst-api", "v3",
+               "--src-prefix", prefix, "--dst-prefix", prefix, "--strip",
+               "--heartbeat-key", prefix + "/heartbeat", "--heartbeat-interval", "0.2")
+    d = V3(dst.url)
+    wait_for(lambda: d.get("/__replication" + prefix + ".fresh-as-of"),
+             message="freshness published in the v3 keyspace")
+    wait_for(lambda: d.get(prefix + "/heartbeat"), message="the heartbeat replicated")
+    ok = freshness("-c", "30", "--dst-api", "v3", "--dst-prefix", prefix, dst.url)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK: replica age"), ok.stdout + ok.stderr
+    beat = freshness("-c", "30", "--dst-api", "v3", "--dst-prefix", prefix, "--strip",
+                     "--src-prefix", prefix, "--heartbeat-key", prefix + "/heartbeat",
+                     dst.url)
+    assert beat.returncode == 0 and f"heartbeat {prefix}/heartbeat" in beat.stdout, \
+        beat.stdout + beat.stderr
+    assert m.healthy() and m.metric("etcdmirror_heartbeat_age_seconds") >= 0
