@@ -163,13 +163,15 @@ def run(src: Cluster, dst: Cluster, mapper: KeyMapper, dst_prefix_arg: str, port
 def _clients(reactor: Any, src: Cluster, dst: Cluster, mapper: KeyMapper,
              daemon: DaemonOptions, lease: Optional[Lease]) -> Tuple[Any, Any]:
     """The source's and the destination's clients, for their APIs."""
-    # Every watch in flight holds a connection, and so does each of the TTL
-    # keeper's reads; keep them all persistent.
-    connections = daemon.watch.connections_needed + TTL_CONCURRENCY + SIDE_JOB_CONNECTIONS
     if daemon.src_api == "v3":
+        # One watch, the lease keeper's reads and the side jobs.
         source: Any = sides.v3_client(src, reactor, "source", daemon.src_tls,
-                                      make_pool(reactor, 1 + SIDE_JOB_CONNECTIONS))
+                                      make_pool(reactor, 2 + SIDE_JOB_CONNECTIONS))
     else:
+        # Every watch in flight holds a connection, and so does each of the TTL
+        # keeper's reads; keep them all persistent.
+        connections = (daemon.watch.connections_needed + TTL_CONCURRENCY
+                       + SIDE_JOB_CONNECTIONS)
         source = EtcdClient(src, reactor, make_pool(reactor, connections), name="source",
                             probe_key=probe_key(mapper.src_prefix), tls=daemon.src_tls)
     if daemon.dst_api == "v3":

@@ -31,7 +31,6 @@ from etcdmirror.v3replica import V3ReplicaWriter
 from etcdmirror.v3source import V3SourceReader
 from etcdmirror.v3wire import V3Unavailable
 
-APIS = ("v2", "v3")
 #: (source API, destination API) pairs a mirror can run.
 MODES = (("v2", "v2"), ("v3", "v3"), ("v2", "v3"))
 

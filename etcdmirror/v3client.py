@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
 from etcdmirror.bodies import Aborted, BytesBody, Collector, EventLines
-from etcdmirror.endpoints import Cluster, EndpointCursor
+from etcdmirror.endpoints import Cluster, Endpoint, EndpointCursor
 from etcdmirror.transport import check_tls, make_agent, make_pool, was_cancelled
 from etcdmirror.writeconn import WritePool, build_request
 from etcdmirror.v3wire import (
@@ -272,16 +272,16 @@ class V3Client(EndpointCursor):
         what, request = self._post(path, body, self.timeout, ordered)
         return request.addCallback(self._read, what, parse)
 
-    def _what(self, path: str) -> str:
+    def _what(self, path: str, endpoint: Optional[Endpoint] = None) -> str:
         """Names a call in messages: the path and the endpoint, never credentials."""
-        return f"{path} on {self.name} {self.endpoint.url}"
+        return f"{path} on {self.name} {(endpoint or self.endpoint).url}"
 
     def _post(self, path: str, body: Any, timeout: Optional[float],
               ordered: bool = False) -> Tuple[str, defer.Deferred]:
         """POST ``body`` (a dict sent as JSON, or bytes as they are) to ``path``."""
         # An ordered call follows the ones still waiting on the lane's endpoint.
         endpoint = (ordered and self._writes.lane_endpoint()) or self.endpoint
-        what = f"{path} on {self.name} {endpoint.url}"
+        what = self._what(path, endpoint)
         data = body if isinstance(body, bytes) else json.dumps(body).encode("ascii")
         if ordered and endpoint.scheme == "http" and timeout is not None:
             lines = b"Content-Type: application/json\r\n"

@@ -121,8 +121,9 @@ class LeaseKeeper:
 
         The key's lease before it (an earlier write) is no longer followed.
         """
-        self._forget(self.mapper.to_src(text(dst_key)))
-        return self._grant(self.mapper.to_src(text(dst_key)), ttl)
+        src_key = self.mapper.to_src(text(dst_key))
+        self._forget(src_key)
+        return self._grant(src_key, ttl)
 
     @defer.inlineCallbacks
     def _grant(self, lifetime: Hashable, ttl: Optional[int]):
