@@ -86,15 +86,16 @@ URL_HELP = ("SRC and DST are full URLs (http:// or https://, optionally "
 @click.option("--watch-concurrency", default=16, show_default=True, metavar="N",
               type=click.IntRange(1, 256),
               help="Watches in flight at once while catching up: up to N events per "
-              "round trip to the source.")
+              "round trip to the source (a v2 source; a v3 source is read from one watch).")
 @click.option("--watch-stream/--no-watch-stream", default=True, show_default=True,
               help="Once caught up, read events from one streaming watch (stream=true) "
-              "instead of one request per event. Turn it off behind a proxy that "
-              "buffers chunked answers.")
+              "instead of one request per event (a v2 source). Turn it off behind a proxy "
+              "that buffers chunked answers.")
 @click.option("--watch-idle-timeout", default=5.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0.1, 600),
               help="Re-register a watch that saw no event for this long, to learn the "
-              "source's current index.")
+              "source's current index (a v3 source: prove the prefix quiet, and move the "
+              "index).")
 @click.option("--write-pipeline", default=32, show_default=True, metavar="N",
               type=click.IntRange(1, 256),
               help="Event writes in flight at once on one connection to an http:// "
