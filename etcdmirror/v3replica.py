@@ -185,11 +185,7 @@ class V3ReplicaWriter:
         result = yield self.client.txn(**transaction([], self.checkpoint_key, self.applied,
                                                      revision))
         if not result.succeeded:
-            found = _found(result.responses[0])
-            raise Divergence(
-                f"the checkpoint {self.checkpoint_key.decode('utf-8', 'replace')!r} on the "
-                f"destination holds {found!r}, not {self.applied} as this mirror wrote it: "
-                "another writer moved it")
+            raise self._moved_by_another(_found(result.responses[0]), self.applied)
         self.applied = revision
 
     def apply(self, event: Any, replaying: bool = False) -> defer.Deferred:
@@ -220,10 +216,10 @@ class V3ReplicaWriter:
         self._flush_call = None
         waiting, self._waiting = self._waiting, []
         group: List[_Waiting] = []
-        keys: Set[bytes] = set()
+        keys: Set[bytes] = set()  # the group's keys, one per change
         for item in waiting:
             mine = {change.key for change in item.changes}
-            if group and not self._joins(group, item, keys, mine):
+            if group and not self._joins(group[0], item, keys, mine):
                 self._send_group(group)
                 group, keys = [], set()
             group.append(item)
@@ -231,11 +227,13 @@ class V3ReplicaWriter:
         if group:
             self._send_group(group)
 
-    def _joins(self, group: List[_Waiting], item: _Waiting, keys: Set[bytes],
+    def _joins(self, head: _Waiting, item: _Waiting, keys: Set[bytes],
                mine: Set[bytes]) -> bool:
+        """``item`` may share the transaction of the group ``head`` starts, which
+        changes ``keys``."""
         return (item.event.modifiedIndex > self._alone_until and not item.alone
-                and not group[0].alone and not keys & mine
-                and sum(len(g.changes) for g in group) + len(item.changes) <= GROUP_CHANGES)
+                and not head.alone and not keys & mine
+                and len(keys) + len(mine) <= GROUP_CHANGES)
 
     def _send_group(self, group: List[_Waiting]) -> None:
         if len(group) == 1:
@@ -264,13 +262,8 @@ class V3ReplicaWriter:
         if result.succeeded:
             self._landed(revisions)
             return [Outcome.APPLIED if item.changes else item.nothing for item in group]
-        found = _found(result.responses[0])
-        checkpoint = int(found) if found is not None else None
-        if checkpoint is not None and last <= checkpoint <= self._sent_max:
-            self._landed(revisions)
+        if self._replayed(result, before, revisions, group[0].event):
             return [Outcome.REPLAYED] * len(group)
-        if checkpoint != before:
-            self._not_landed_before(checkpoint, before, first, group[0].event)
         self._alone_until = max(self._alone_until, last)
         raise V3Unavailable(f"revisions {first} to {last}: a key on the destination is "
                             "not as the source had it; sending each revision alone")
@@ -351,34 +344,46 @@ class V3ReplicaWriter:
                 if changes:
                     return Outcome.APPLIED
                 return Outcome.REPLAYED if dropped else nothing
-            reads = [_found(r) for r in result.responses]
-            checkpoint = int(reads[0]) if reads[0] is not None else None
-            if checkpoint is not None and revision <= checkpoint <= self._sent_max:
-                # Changes land only in source order: this one did, earlier.
-                self._landed([revision])
+            if self._replayed(result, before, [revision], event):
                 return Outcome.REPLAYED
-            if checkpoint != before:
-                self._not_landed_before(checkpoint, before, revision, event)
-            remaining = _in_effect_dropped(changes, reads[1:], event, revision)
+            reads = [_found(r) for r in result.responses[1:]]
+            remaining = _in_effect_dropped(changes, reads, event, revision)
             dropped, changes = dropped or len(remaining) < len(changes), remaining
         raise Divergence(f"revision {revision}: the destination changed while it was "
                          "being written", event)
 
-    def _not_landed_before(self, checkpoint: Optional[int], before: Optional[int],
-                           revision: int, event: Any) -> None:
-        """The checkpoint is not where the change sent before this one left it: that
-        one has not landed (V3Unavailable: send again, in order), or another writer
+    def _replayed(self, result: Any, before: Optional[int], revisions: List[int],
+                  event: Any) -> bool:
+        """The checkpoint a failed transaction of ``revisions`` read: True when they
+        landed before (changes land only in source order; their answer was lost);
+        False when it holds ``before`` (a key differs).  Otherwise the change before
+        them has not landed (V3Unavailable: send again, in order), or another writer
         moved it (Divergence)."""
-        key = self.checkpoint_key.decode("utf-8", "replace")
+        found = _found(result.responses[0])
+        checkpoint = int(found) if found is not None else None
+        first, last = revisions[0], revisions[-1]
+        if checkpoint is not None and last <= checkpoint <= self._sent_max:
+            self._landed(revisions)
+            return True
+        if checkpoint == before:
+            return False
         if checkpoint is not None and self.applied is not None and (
-                self.applied <= checkpoint < revision):
+                self.applied <= checkpoint < first):
             raise V3Unavailable(
-                f"revision {revision}: the change sent before it has not landed (the "
-                f"checkpoint {key!r} holds {checkpoint}); sending it again in order")
-        raise Divergence(
-            f"the checkpoint {key!r} on the destination holds {checkpoint}, not "
-            f"{before} as this mirror wrote it, before revision {revision}: another "
-            "writer moved it", event)
+                f"revision {first}: the change sent before it has not landed (the "
+                f"checkpoint {self._key_text!r} holds {checkpoint}); sending it again in "
+                "order")
+        raise self._moved_by_another(checkpoint, before, f", before revision {first}", event)
+
+    @property
+    def _key_text(self) -> str:
+        return self.checkpoint_key.decode("utf-8", "replace")
+
+    def _moved_by_another(self, found: Any, expected: Optional[int], where: str = "",
+                          event: Any = None) -> Divergence:
+        return Divergence(
+            f"the checkpoint {self._key_text!r} on the destination holds {found}, not "
+            f"{expected} as this mirror wrote it{where}: another writer moved it", event)
 
 
 def _found(response: Dict[str, Any]) -> Optional[bytes]:
