@@ -14,7 +14,7 @@ import click
 
 from etcdmirror import __version__
 from etcdmirror.cliopts import (
-    api_options, check_mode, cluster_arguments, cluster_callback, mapping_options,
+    api_option, api_options, check_mode, cluster_arguments, cluster_callback, mapping_options,
     max_resync_deletes_option, prefix_callback, resolve_side, side_options)
 from etcdmirror.endpoints import Cluster
 from etcdmirror.guards import DeleteLimit
@@ -214,8 +214,7 @@ def verify_main(debug: bool, strip: bool, src_prefix: str, dst_prefix: str, igno
 @click.option("--src-prefix", default="/", show_default=True, callback=prefix_callback,
               help="The mirror's --src-prefix (with --heartbeat-key).")
 @click.option("--strip", is_flag=True, help="The mirror's --strip (with --heartbeat-key).")
-@click.option("--dst-api", type=click.Choice(["v2", "v3"]), default="v2", show_default=True,
-              help="The mirror's --dst-api: the keyspace its replica is in.")
+@api_option("dst", "The mirror's --dst-api: the keyspace its replica is in.")
 @side_options("dst")
 @click.version_option(__version__, "--version", message="%(version)s")
 @click.argument("dst", metavar="DST", callback=cluster_callback)

@@ -90,14 +90,18 @@ def side_options(side: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def api_option(side: str, help_text: str) -> Callable[[Callable], Callable]:
+    """``--src-api`` or ``--dst-api``: the etcd API of one side (:mod:`etcdmirror.sides`)."""
+    return click.option(f"--{side}-api", type=click.Choice(["v2", "v3"]), default="v2",
+                        show_default=True, help=help_text)
+
+
 def api_options(f: Callable) -> Callable:
-    """``--src-api`` and ``--dst-api``: the etcd API of each side (:mod:`etcdmirror.sides`)."""
-    for side, what in (("dst", "DST"), ("src", "SRC")):
-        f = click.option(f"--{side}-api", type=click.Choice(["v2", "v3"]), default="v2",
-                         show_default=True,
-                         help=f"The etcd API (and keyspace) {what} is read and written "
-                         "through. Modes: v2 -> v2, v3 -> v3, v2 -> v3 (also inside one "
-                         "cluster: its v2 and v3 keyspaces are separate).")(f)
+    """``--src-api`` and ``--dst-api``, for the mirror and the commands that take its sides."""
+    for side in ("dst", "src"):
+        f = api_option(side, f"The etcd API (and keyspace) {side.upper()} is read and written "
+                       "through. Modes: v2 -> v2, v3 -> v3, v2 -> v3 (also inside one "
+                       "cluster: its v2 and v3 keyspaces are separate).")(f)
     return f
 
 
