@@ -52,13 +52,13 @@ from etcdmirror.endpoints import Cluster
 from etcdmirror.errors import MirrorFatal
 from etcdmirror.events import Event, WatchProgress
 from etcdmirror.indexstore import IndexStore
-from etcdmirror.keys import INDEX_ROOT, KeyMapper, is_under, probe_key
+from etcdmirror.keys import KeyMapper, probe_key
 from etcdmirror.roles import Checkpoint, ReplicaWriter, SourceReader
 from etcdmirror.switchplan import (
     REFUSED, UNUSABLE, Refused, Settings, next_steps, reverse_mapper)
 from etcdmirror.resync import Snapshot
 from etcdmirror.v2source import V2SourceReader
-from etcdmirror.v3mapping import text
+from etcdmirror.v3mapping import v3_changes
 from etcdmirror.verify import differences
 
 #: How often the barrier reads the mirror's index on B (seconds).
@@ -128,9 +128,8 @@ class V3QuietWatch:
                 outcome = yield self._next
                 if isinstance(outcome, WatchProgress):
                     continue  # quiet proven up to a revision: go on watching
-                keys = [text(e.kv.key) for e in outcome.event.events]
-                if all(self.mapper.ignored(k) or is_under(k, INDEX_ROOT) for k in keys):
-                    self.ignored += 1
+                if not v3_changes(outcome.event.events, self.mapper):
+                    self.ignored += 1  # nothing the mirror replicates
                     continue
                 self.seen = outcome.event
                 return
